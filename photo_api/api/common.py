@@ -1,0 +1,132 @@
+"""What every route uses: the runtime, the request's DB session, JSON parsing, auth, responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Response, current_app, g, request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+
+from ..errors import BadRequest, FieldError, Forbidden, Unauthorized, ValidationFailed
+from ..models import User
+from ..runtime import Runtime
+from ..security import InvalidToken
+from ..services import users
+
+M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
+
+JSON_TYPES = ("application/json",)
+
+
+def runtime() -> Runtime:
+    """The process's Runtime, built by create_app."""
+    rt: Runtime = current_app.extensions["photo_api"]
+    return rt
+
+
+def db_session() -> Session:
+    """The request's DB session (opened on first use, closed at teardown)."""
+    if "db_session" not in g:
+        g.db_session = runtime().db.session()
+    session: Session = g.db_session
+    return session
+
+
+def close_db_session(_exc: BaseException | None = None) -> None:
+    """Teardown: roll back whatever was not committed and return the connection to the pool."""
+    session: Session | None = g.pop("db_session", None)
+    if session is not None:
+        session.close()
+
+
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    """Translate pydantic errors into the contract's `errors` list (one entry per failing field)."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join(loc) if loc else (prefix or "body")
+        message = str(err["msg"])
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        out.append(FieldError(field, message))
+    return out
+
+
+def json_body(model: type[M]) -> M:
+    """Parse and validate the JSON body as `model` (400 for non-JSON, 422 for failing fields)."""
+    mimetype = request.mimetype or ""
+    if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
+        raise BadRequest("Content-Type must be application/json")
+    raw = request.get_data(cache=True)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Malformed JSON body") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed([FieldError("body", "must be a JSON object")])
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        raise ValidationFailed(validation_errors(exc)) from None
+
+
+def query_args(model: type[M]) -> M:
+    """Validate query-string parameters as `model` (lax: they arrive as strings)."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ValidationFailed(validation_errors(exc)) from None
+
+
+def current_user() -> User:
+    """The authenticated user of this request (set by @auth_required)."""
+    user: User = g.current_user
+    return user
+
+
+def authenticate_request() -> User:
+    """Resolve the Bearer token to an active user; 401 (with WWW-Authenticate) or 403 otherwise."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Missing bearer token")
+    try:
+        user_id = runtime().tokens.user_id(token.strip())
+    except InvalidToken:
+        raise Unauthorized("Invalid or expired token") from None
+    user = users.get(db_session(), user_id)
+    if user is None:  # deleted since the token was issued
+        raise Unauthorized("Invalid or expired token")
+    if not user.is_active:
+        raise Forbidden("User is inactive")
+    return user
+
+
+def auth_required(view: F) -> F:
+    """Decorator: the route needs a valid bearer token of an active user."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        g.current_user = authenticate_request()
+        return view(*args, **kwargs)
+
+    wrapper._openapi = {**getattr(view, "_openapi", {}), "auth": True}  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def respond(body: BaseModel | list[Any] | dict[str, Any] | None, status: int = 200) -> Response:
+    """Serialise a response model (or a list of them) as JSON."""
+    if body is None:
+        return Response(status=status)
+    if isinstance(body, BaseModel):
+        payload = body.model_dump_json()
+    elif isinstance(body, list):
+        payload = "[" + ",".join(b.model_dump_json() if isinstance(b, BaseModel) else json.dumps(b) for b in body) + "]"
+    else:
+        payload = json.dumps(body)
+    return Response(payload, status=status, mimetype="application/json")

@@ -1,0 +1,60 @@
+"""Health routes probed by the load balancer and the autoscaler."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from .. import health, lifecycle
+from ..models import utcnow
+from .common import runtime
+from .openapi import doc
+from .schemas import CheckOut, HealthOut, LivenessOut
+
+bp = Blueprint("health", __name__, url_prefix="/health")
+
+
+def _readiness() -> Response:
+    rt = runtime()
+    informational = {
+        # Storage and CDN never fail the probe: one broken dependency must not empty the whole fleet.
+        "object_storage": {"status": health.UNKNOWN, "circuit": "closed"},
+        "cdn": {"status": health.DISABLED if not rt.settings.nhn_cdn_domain else health.UNKNOWN, "circuit": "closed"},
+    }
+    report = health.readiness(
+        rt.db, rt.settings.health_check_timeout, draining=lifecycle.is_draining(), informational=informational
+    )
+    body = HealthOut(
+        status=report.status,  # type: ignore[arg-type]
+        timestamp=report.timestamp,
+        instance=rt.settings.instance_id,
+        version=rt.settings.app_version,
+        checks={name: CheckOut(**c) for name, c in report.checks.items()},
+    )
+    return Response(
+        body.model_dump_json(exclude_none=True),
+        status=200 if report.ok else 503,
+        mimetype="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@bp.get("")
+@doc("Can this instance serve traffic (load balancer probe)", tag="health", responses={200: HealthOut, 503: HealthOut})
+def health_root() -> Response:
+    return _readiness()
+
+
+@bp.get("/readiness")
+@doc("Same as /health", tag="health", responses={200: HealthOut, 503: HealthOut})
+def readiness() -> Response:
+    return _readiness()
+
+
+@bp.get("/liveness")
+@doc("The process answers (200 while it serves, draining included)", tag="health", responses={200: LivenessOut})
+def liveness() -> Response:
+    rt = runtime()
+    body = LivenessOut(
+        status="alive", timestamp=utcnow(), instance=rt.settings.instance_id, version=rt.settings.app_version
+    )
+    return Response(body.model_dump_json(), mimetype="application/json", headers={"Cache-Control": "no-store"})

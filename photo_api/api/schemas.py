@@ -1,0 +1,97 @@
+"""Request and response models shared by the blueprints (pydantic v2; the OpenAPI schemas come from here)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, PlainSerializer, StringConstraints
+
+# UTC ISO-8601 with a `Z` suffix, as the contract says, whatever zone object the value carries.
+UtcDatetime = Annotated[
+    datetime,
+    PlainSerializer(lambda v: v.astimezone(UTC).isoformat().replace("+00:00", "Z"), return_type=str, when_used="json"),
+]
+PAGE_LIMIT_MAX = 100
+PAGE_LIMIT_DEFAULT = 50
+
+
+class Request(BaseModel):
+    """Base of request bodies: unknown fields are ignored, as the service this one replaces did."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class FieldErrorOut(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error is answered."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    request_id: str
+    errors: list[FieldErrorOut] | None = Field(default=None, description="only on 422")
+
+
+class Pagination(BaseModel):
+    skip: int = Field(default=0, ge=0, le=2**31 - 1)
+    limit: int = Field(default=PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX)
+
+
+Username = Annotated[str, StringConstraints(min_length=3, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+
+
+class RegisterIn(Request):
+    email: EmailStr = Field(max_length=254)
+    username: Username
+    password: Password
+
+
+class LoginIn(Request):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class UserOut(Response):
+    id: int
+    email: str
+    username: str
+    is_active: bool
+    created_at: UtcDatetime
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class CheckOut(BaseModel):
+    status: str
+    latency_ms: float | None = None
+    circuit: Literal["closed", "open", "half_open"] | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["healthy", "unhealthy", "draining"]
+    timestamp: UtcDatetime
+    instance: str
+    version: str
+    checks: dict[str, CheckOut]
+
+
+class LivenessOut(BaseModel):
+    status: Literal["alive"]
+    timestamp: UtcDatetime
+    instance: str
+    version: str

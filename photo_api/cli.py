@@ -1,0 +1,90 @@
+"""The `photo-api` command line: serve, db upgrade/current, check-config."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from . import migrate
+from .config import ConfigError, Settings, development_defaults, load_settings
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+
+@click.group()
+def main() -> None:
+    """Photo API service."""
+
+
+@main.command("check-config")
+def check_config() -> None:
+    """Validate the environment; print the effective settings (secrets redacted) or every problem."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        click.echo(f"configuration is invalid ({len(exc.problems)} problem(s)):", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(settings.redacted(), indent=2, sort_keys=True, default=str))
+    if not settings.is_production and (settings.database_url is None or settings.jwt_secret_key is None):
+        click.echo(
+            "note: development defaults (SQLite, local storage and a JWT secret under ./var/) "
+            "fill the unset values at start",
+            err=True,
+        )
+    click.echo("configuration is valid", err=True)
+
+
+@main.group()
+def db() -> None:
+    """Database migrations (Alembic)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head). Run once per deploy, not by every instance."""
+    settings = development_defaults(_settings_or_exit())
+    assert settings.database_url
+    migrate.upgrade(settings.database_url, revision)
+    click.echo(f"database at {migrate.current(settings.database_url)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the revision the database is at, and whether it is the newest one."""
+    settings = development_defaults(_settings_or_exit())
+    assert settings.database_url
+    rev, head = migrate.current(settings.database_url), migrate.head()
+    click.echo(f"{rev or '<none>'} (head: {head}){' up to date' if rev == head else ' needs upgrade'}")
+
+
+@main.command("serve")
+@click.option("--bind", help="HOST:PORT to listen on (default: BIND setting)")
+@click.option("--workers", type=click.IntRange(1, 256), help="gevent worker processes (default: WORKERS setting)")
+def serve(bind: str | None, workers: int | None) -> None:
+    """Run gunicorn with gevent workers and the packaged configuration (replaces this process)."""
+    settings = development_defaults(_settings_or_exit())
+    if not settings.is_production and settings.is_sqlite:
+        # The embedded default: a newcomer's one command must give a working database.
+        assert settings.database_url
+        migrate.upgrade(settings.database_url)
+    args = [sys.executable, "-m", "gunicorn", "--config", "python:photo_api.gunicorn_conf"]
+    if bind:
+        args += ["--bind", bind]
+    if workers:
+        args += ["--workers", str(workers)]
+    args.append("photo_api:create_app()")
+    sys.stdout.flush()
+    # exec, so that systemd's and the autoscaler's SIGTERM reach the gunicorn master directly.
+    os.execv(sys.executable, args)

@@ -1,0 +1,86 @@
+"""Our exception vocabulary: each error knows its HTTP status and title; no Flask here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One failing field of a 422 answer."""
+
+    field: str
+    message: str
+
+
+class AppError(Exception):
+    """Base of every error the API answers on purpose; `detail` is safe to show to the client."""
+
+    status: int = 500
+    title: str = "Internal Server Error"
+
+    def __init__(self, detail: str | None = None):
+        self.detail = detail or self.title
+        super().__init__(self.detail)
+
+
+class BadRequest(AppError):
+    status, title = 400, "Bad Request"
+
+
+class Unauthorized(AppError):
+    status, title = 401, "Unauthorized"
+
+
+class Forbidden(AppError):
+    status, title = 403, "Forbidden"
+
+
+class NotFound(AppError):
+    status, title = 404, "Not Found"
+
+
+class Conflict(AppError):
+    status, title = 409, "Conflict"
+
+    def __init__(self, detail: str | None = None, field: str | None = None):
+        super().__init__(detail)
+        self.field = field
+
+
+class Gone(AppError):
+    status, title = 410, "Gone"
+
+
+class PayloadTooLarge(AppError):
+    status, title = 413, "Content Too Large"
+
+
+class UnsupportedMediaType(AppError):
+    status, title = 415, "Unsupported Media Type"
+
+
+class RangeNotSatisfiable(AppError):
+    status, title = 416, "Range Not Satisfiable"
+
+    def __init__(self, size: int):
+        super().__init__("Requested range is outside the object")
+        self.size = size
+
+
+class ValidationFailed(AppError):
+    status, title = 422, "Unprocessable Content"
+
+    def __init__(self, errors: list[FieldError], detail: str = "Request validation failed"):
+        super().__init__(detail)
+        self.errors = errors
+
+
+class ServiceUnavailable(AppError):
+    """A dependency is down or its circuit is open: the client should retry after `retry_after` seconds."""
+
+    status, title = 503, "Service Unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 5):
+        super().__init__(detail)
+        self.retry_after = retry_after

@@ -1,0 +1,53 @@
+"""gunicorn configuration shipped with the package (`photo-api serve` and the systemd unit use it).
+
+Values come from the validated settings; the hooks apply psycogreen in each worker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from photo_api import lifecycle
+from photo_api.config import load_settings
+
+_settings = load_settings()
+
+bind = [_settings.bind]
+worker_class = "gevent"
+workers = _settings.workers or os.cpu_count() or 2
+worker_connections = _settings.worker_connections
+# Longer than the load balancer's idle timeout, so the LB always closes an idle connection first.
+keepalive = _settings.keepalive
+# A heartbeat, not a request timeout: it only fires when a worker's event loop is blocked this long.
+timeout = 30
+graceful_timeout = _settings.graceful_timeout
+preload_app = False  # the app must be imported after gevent has patched the worker
+control_socket_disable = True
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+accesslog = None  # the app writes its own JSON access line per request
+proc_name = _settings.app_name
+logconfig_dict: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "photo_api.logs.JsonFormatter", "static": {"service": _settings.app_name, "source": "gunicorn"}}
+    },
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["stdout"], "level": "WARNING", "propagate": False},
+    },
+}
+
+
+def on_starting(server: Any) -> None:
+    """Master, before forking: create the page shared with every worker (readiness/drain state)."""
+    lifecycle.init_shared_state()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Worker: make psycopg2 cooperative before any connection exists, so a slow query never blocks the loop."""
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()

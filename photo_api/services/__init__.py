@@ -1,0 +1,1 @@
+"""Use cases: plain functions over a session and explicit collaborators; no Flask here."""

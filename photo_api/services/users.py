@@ -1,0 +1,48 @@
+"""Registration, login and user lookup."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import Conflict
+from ..models import User
+from ..security import Passwords
+
+
+def normalise_email(email: str) -> str:
+    """E-mails are unique case-insensitively: store and compare them lower-cased."""
+    return email.strip().lower()
+
+
+def register(session: Session, passwords: Passwords, *, email: str, username: str, password: str) -> User:
+    """Create a user; Conflict (409) names the field already taken, also when two requests race."""
+    user = User(email=normalise_email(email), username=username, password_hash=passwords.hash(password))
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        # The unique indexes decide, so a race between two registrations is a 409 too, never a 500.
+        text = str(exc.orig)
+        if "email" in text:
+            raise Conflict("Email already registered", field="email") from None
+        if "username" in text:
+            raise Conflict("Username already taken", field="username") from None
+        raise
+    return user
+
+
+def authenticate(session: Session, passwords: Passwords, *, email: str, password: str) -> User | None:
+    """The active user with these credentials, or None; unknown e-mails cost as much time as wrong passwords."""
+    user = session.scalars(select(User).where(User.email == normalise_email(email))).one_or_none()
+    ok = passwords.verify(user.password_hash if user else None, password)
+    if user is None or not ok or not user.is_active:
+        return None
+    return user
+
+
+def get(session: Session, user_id: int) -> User | None:
+    """The user with this id, or None."""
+    return session.get(User, user_id)

@@ -1,0 +1,39 @@
+"""Packaging for photo-api: the package, its migrations and the `photo-api` console script."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+# Test and lint tools, pinned like the runtime so that CI is reproducible.
+TEST_REQUIREMENTS = [
+    "pytest==9.2.0",
+    "ruff==0.17.6",
+    "mypy==2.4.1",
+    "schemathesis==4.32.5",
+    "hypothesis==6.170.17",
+    "types-requests==2.33.0.20261030",
+]
+
+
+def _requirements(name: str) -> list[str]:
+    """Read a requirements file, skipping comments and includes."""
+    lines = (HERE / name).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith(("#", "-r"))]
+
+
+setup(
+    name="photo-api",
+    version="0.1.0",
+    description="Photo API: uploads, albums and public shares on Flask + gunicorn/gevent",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["photo_api", "photo_api.*"]),
+    package_data={"photo_api": ["migrations/script.py.mako", "migrations/alembic.ini", "py.typed"]},
+    include_package_data=True,
+    install_requires=_requirements("requirements.txt"),
+    extras_require={"test": TEST_REQUIREMENTS},
+    entry_points={"console_scripts": ["photo-api=photo_api.cli:main"]},
+)

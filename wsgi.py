@@ -1,0 +1,3 @@
+from photo_api import create_app
+
+app = create_app()
