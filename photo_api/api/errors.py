@@ -11,6 +11,7 @@ from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from ..errors import AppError, Conflict, RangeNotSatisfiable, ServiceUnavailable, ValidationFailed
+from ..storage import StorageUnavailable
 from .common import runtime
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,12 @@ def _db_unavailable(exc: Exception) -> Response:
     return _app_error(ServiceUnavailable("Database unavailable", retry_after=DB_RETRY_AFTER_S))
 
 
+def _storage_unavailable(exc: StorageUnavailable) -> Response:
+    log.warning("object storage unavailable", extra={"error": type(exc).__name__})
+    retry_after = getattr(exc, "retry_after", None) or DB_RETRY_AFTER_S
+    return _app_error(ServiceUnavailable("Object storage unavailable", retry_after=int(retry_after)))
+
+
 def _unexpected(exc: Exception) -> Response:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return _db_unavailable(exc)
@@ -82,4 +89,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(sa_exc.OperationalError, _db_unavailable)
     app.register_error_handler(sa_exc.TimeoutError, _db_unavailable)  # QueuePool checkout timeout
     app.register_error_handler(sa_exc.InterfaceError, _db_unavailable)
+    app.register_error_handler(StorageUnavailable, _storage_unavailable)
     app.register_error_handler(Exception, _unexpected)

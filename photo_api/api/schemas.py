@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, PlainSerializer, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, PlainSerializer, StringConstraints, computed_field
 
 # UTC ISO-8601 with a `Z` suffix, as the contract says, whatever zone object the value carries.
 UtcDatetime = Annotated[
@@ -95,3 +95,72 @@ class LivenessOut(BaseModel):
     timestamp: UtcDatetime
     instance: str
     version: str
+
+
+Title = Annotated[str, StringConstraints(max_length=255)]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+
+
+class PhotoOut(Response):
+    id: int
+    owner_id: int
+    filename: str
+    original_filename: str
+    content_type: str
+    file_size: int
+    title: str | None
+    description: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def url(self) -> str:
+        """Always the API path: never a storage or CDN URL, which expire and move."""
+        return f"/photos/{self.id}/image"
+
+
+class AlbumOut(Response):
+    id: int
+    owner_id: int
+    name: str
+    description: str | None
+    cover_photo_id: int | None
+    photo_count: int
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class AlbumWithPhotosOut(AlbumOut):
+    photos: list[PhotoOut]
+
+
+class ShareLinkOut(Response):
+    id: int
+    album_id: int
+    token: str
+    is_active: bool
+    expires_at: UtcDatetime | None
+    view_count: int
+    created_at: UtcDatetime
+    share_url: str
+
+
+class SharedPhotoOut(BaseModel):
+    """A photo as the public sees it: no owner, no original filename."""
+
+    id: int
+    title: str | None
+    description: str | None
+    content_type: str
+    file_size: int
+    created_at: UtcDatetime
+    url: str
+
+
+class SharedAlbumOut(BaseModel):
+    album_name: str
+    album_description: str | None
+    photo_count: int
+    created_at: UtcDatetime
+    photos: list[SharedPhotoOut]

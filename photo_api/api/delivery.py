@@ -1,0 +1,79 @@
+"""Streaming an object to the client: ETag/304, a single Range/206, Content-Length, never whole in memory."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Response, request
+
+from ..errors import NotFound, RangeNotSatisfiable
+from ..storage import ObjectNotFound, Storage
+from ..storage import RangeNotSatisfiable as StorageRangeNotSatisfiable
+
+log = logging.getLogger(__name__)
+
+_SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int | None] | None:
+    """The single byte range asked for as (first, last-or-None), or None to send the whole object.
+
+    Multiple ranges and malformed headers are ignored (RFC 9110 allows answering 200 with everything).
+    A range starting past the end raises RangeNotSatisfiable (416).
+    """
+    if not header:
+        return None
+    m = _SINGLE_RANGE.match(header.strip())
+    if not m or (m[1] == "" and m[2] == ""):
+        return None
+    first, last = m[1], m[2]
+    if first == "":  # suffix: the last N bytes
+        n = int(last)
+        if n == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - n), None
+    start = int(first)
+    end = int(last) if last else None
+    if end is not None and end < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return start, end
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    candidates = {c.strip().removeprefix("W/") for c in header.split(",")}
+    return f'"{etag}"' in candidates
+
+
+def send_object(
+    storage: Storage, *, key: str, content_type: str, etag: str, size: int, cache_control: str = "private"
+) -> Response:
+    """Answer GET for a stored object: 304 on a matching If-None-Match, 206 for one Range, else 200."""
+    headers = {"ETag": f'"{etag}"', "Cache-Control": cache_control, "Accept-Ranges": "bytes"}
+    if _etag_matches(request.headers.get("If-None-Match"), etag):
+        return Response(status=304, headers=headers)
+    byte_range = parse_range(request.headers.get("Range"), size)
+    if_range = request.headers.get("If-Range")
+    if byte_range is not None and if_range is not None and if_range.strip() != f'"{etag}"':
+        byte_range = None  # the client's copy is stale: send it everything
+    try:
+        reader = storage.open(key, byte_range=byte_range)
+    except ObjectNotFound:
+        log.error("stored object missing for an existing row", extra={"object_key": key})
+        raise NotFound("Image not found") from None
+    except StorageRangeNotSatisfiable as exc:
+        raise RangeNotSatisfiable(exc.size) from None
+    headers["Content-Length"] = str(reader.length)
+    status = 200
+    if byte_range is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {reader.start}-{reader.end}/{reader.obj.size}"
+    response = Response(iter(reader), status=status, mimetype=content_type, headers=headers, direct_passthrough=True)
+    response.call_on_close(reader.close)  # also when the client goes away mid-stream
+    return response

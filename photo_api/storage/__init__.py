@@ -1,0 +1,54 @@
+"""Object storage: the Storage protocol, its backends, and the registry config chooses from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from photo_api.storage.base import (
+    CHUNK_SIZE,
+    ObjectReader,
+    PresignedUpload,
+    Storage,
+    StoredObject,
+)
+from photo_api.storage.errors import (
+    InvalidKey,
+    ObjectNotFound,
+    ObjectTooLarge,
+    RangeNotSatisfiable,
+    StorageError,
+    StorageUnavailable,
+)
+from photo_api.storage.local import LocalStorage
+
+# Config names a backend; an unknown name fails at boot (never a silent fallback).
+BACKENDS: dict[str, Callable[..., Storage]] = {"local": LocalStorage}
+
+
+def build_storage(name: str, **kwargs: Any) -> Storage:
+    """Construct the backend registered under `name` from plain config values."""
+    try:
+        factory = BACKENDS[name]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS))
+        raise ValueError(f"unknown storage backend {name!r} (known: {known})") from None
+    return factory(**kwargs)
+
+
+__all__ = [
+    "BACKENDS",
+    "CHUNK_SIZE",
+    "InvalidKey",
+    "LocalStorage",
+    "ObjectNotFound",
+    "ObjectReader",
+    "ObjectTooLarge",
+    "PresignedUpload",
+    "RangeNotSatisfiable",
+    "Storage",
+    "StorageError",
+    "StorageUnavailable",
+    "StoredObject",
+    "build_storage",
+]

@@ -1,0 +1,39 @@
+"""Storage error vocabulary: every backend translates its own failures into these."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class for every failure a storage backend reports."""
+
+
+class ObjectNotFound(StorageError):
+    """No object is stored under the requested key."""
+
+
+class ObjectTooLarge(StorageError):
+    """More bytes arrived than the caller allowed; nothing was stored."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"object exceeds the limit of {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
+class RangeNotSatisfiable(StorageError):
+    """The requested byte range starts beyond the object; `size` feeds `Content-Range: bytes */size`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"range not satisfiable for an object of {size} bytes")
+        self.size = size
+
+
+class InvalidKey(StorageError, ValueError):
+    """The key is not an acceptable object name (empty, escaping the store, control characters...)."""
+
+
+class StorageUnavailable(StorageError):
+    """The backend cannot serve right now; `retry_after` (seconds) is a hint for a 503."""
+
+    def __init__(self, message: str = "storage unavailable", *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
