@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
 
-from .config import Settings, development_defaults, load_settings
-from .logs import configure_logging
-from .runtime import Runtime
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .config import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app: validate settings (raising ConfigError with every problem), wire, register routes."""
-    from . import api  # imported here so that importing the package has no side effects
+    # Imported here, not at module level: the gunicorn master imports this package (for lifecycle and
+    # config) before gevent patches the workers, and must not pull in ssl/requests that early.
+    from flask import Flask
+
+    from . import api
+    from .config import development_defaults, load_settings
+    from .logs import configure_logging
+    from .runtime import Runtime
 
     settings = development_defaults(settings if settings is not None else load_settings())
     runtime = Runtime.build(settings)

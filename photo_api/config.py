@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -77,6 +78,9 @@ class Settings(BaseModel):
     db_connect_timeout: float = Field(default=5, gt=0, le=120)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0, le=3_600_000)
     db_slow_query_ms: int = Field(default=500, ge=0)
+    # Diagnostic switch, refused in production: leave psycopg2 blocking in gevent workers, to see (and to
+    # test) what a slow query does to every other request of the worker without psycogreen.
+    disable_psycogreen: bool = False
 
     # auth
     jwt_secret_key: SecretStr | None = None
@@ -244,6 +248,9 @@ def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
     raw: dict[str, str] = {}
     env_file = env.get(ENV_FILE_VARIABLE)
     if env_file:
+        # dotenv_values() returns nothing for a missing file: a typo in the path would boot on defaults.
+        if not Path(env_file).is_file():
+            raise ConfigError([ConfigProblem(ENV_FILE_VARIABLE, f"no such file: {env_file}")])
         raw.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     raw.update(env)  # the real environment wins over the file, as systemd and docker users expect
     fields = Settings.model_fields
@@ -270,11 +277,24 @@ def _rule_jwt(s: Settings) -> Iterable[ConfigProblem]:
         yield _p("jwt_secret_key", f"must be at least {MIN_SECRET_BYTES} bytes in production")
 
 
-def _rule_database(s: Settings) -> Iterable[ConfigProblem]:
-    url = s.database_url
-    if url is not None and not url.startswith(("sqlite", "postgresql", "postgres://")):
+def _rule_database_url(s: Settings) -> Iterable[ConfigProblem]:
+    # Parsed with urlsplit, not SQLAlchemy: the gunicorn master validates settings before gevent patches
+    # the workers and must not import SQLAlchemy (which imports asyncio and ssl) that early.
+    if s.database_url is None:
+        return
+    try:
+        parts = urlsplit(s.database_url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        yield _p("database_url", "is not a valid database URL (e.g. postgresql://user:password@host:5432/db)")
+        return
+    backend = parts.scheme.split("+", 1)[0]
+    if backend not in ("sqlite", "postgresql", "postgres") or not s.database_url.startswith(f"{parts.scheme}://"):
         yield _p("database_url", "must be a postgresql:// or sqlite:// URL")
-    if s.is_production and (url is None or s.is_sqlite):
+
+
+def _rule_production_database(s: Settings) -> Iterable[ConfigProblem]:
+    if s.is_production and (s.database_url is None or s.is_sqlite):
         yield _p("database_url", "production needs PostgreSQL (SQLite is for development only)")
 
 
@@ -283,9 +303,17 @@ def _rule_debug(s: Settings) -> Iterable[ConfigProblem]:
         yield _p("debug", "must be off in production")
 
 
-def _rule_storage(s: Settings) -> Iterable[ConfigProblem]:
+def _rule_psycogreen(s: Settings) -> Iterable[ConfigProblem]:
+    if s.is_production and s.disable_psycogreen:
+        yield _p("disable_psycogreen", "is a diagnostic switch and must be off in production")
+
+
+def _rule_local_storage(s: Settings) -> Iterable[ConfigProblem]:
     if s.storage_backend == "local" and s.is_production and s.local_storage_dir is None:
         yield _p("local_storage_dir", "production with STORAGE_BACKEND=local needs an explicit directory")
+
+
+def _rule_swift(s: Settings) -> Iterable[ConfigProblem]:
     if s.storage_backend == "swift":
         needed = ["nhn_storage_auth_url", "nhn_storage_iam_user", "nhn_storage_iam_password", "nhn_storage_container"]
         if s.nhn_storage_auth_version == "2":
@@ -362,16 +390,28 @@ def _rule_urls(s: Settings) -> Iterable[ConfigProblem]:
         "prometheus_pushgateway_url",
     ):
         value = getattr(s, name)
-        if value and not value.startswith(("http://", "https://")):
-            yield _p(name, "must be an http:// or https:// URL")
+        if value and not _is_http_url(value):
+            yield _p(name, "must be an http:// or https:// URL with a host")
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 # Each rule names the fields it reads, so that it is skipped when one of them already failed its own check.
 RULES: list[Rule] = [
     (("environment", "jwt_secret_key"), _rule_jwt),
-    (("environment", "database_url"), _rule_database),
+    (("database_url",), _rule_database_url),
+    (("environment", "database_url"), _rule_production_database),
     (("environment", "debug"), _rule_debug),
-    (("environment", "storage_backend", "local_storage_dir", "nhn_storage_auth_version"), _rule_storage),
+    (("environment", "disable_psycogreen"), _rule_psycogreen),
+    (("environment", "storage_backend", "local_storage_dir"), _rule_local_storage),
+    (("storage_backend", "nhn_storage_auth_version"), _rule_swift),
     (("nhn_cdn_domain", "nhn_cdn_encrypt_key", "cdn_token_mode"), _rule_cdn),
     ((), _rule_log_shipping),
     (("health_check_timeout", "lb_health_check_timeout"), _rule_health_timeout),
@@ -424,7 +464,11 @@ def development_defaults(settings: Settings, var_dir: Path = DEFAULT_VAR_DIR) ->
         var_dir.mkdir(parents=True, exist_ok=True)
         changes["database_url"] = f"sqlite:///{(var_dir / DEFAULT_SQLITE_FILE).resolve()}"
     if settings.storage_backend == "local" and settings.local_storage_dir is None:
-        changes["local_storage_dir"] = (var_dir / DEFAULT_STORAGE_SUBDIR).resolve()
+        # Created now, like the database file, so the whole embedded layout exists after the first start
+        # and an unwritable ./var/ fails at boot rather than at the first upload.
+        storage_dir = (var_dir / DEFAULT_STORAGE_SUBDIR).resolve()
+        storage_dir.mkdir(parents=True, exist_ok=True)
+        changes["local_storage_dir"] = storage_dir
     if settings.jwt_secret_key is None:
         changes["jwt_secret_key"] = SecretStr(_dev_secret(var_dir))
     return settings.model_copy(update=changes) if changes else settings

@@ -5,6 +5,7 @@ Values come from the validated settings; the hooks apply psycogreen in each work
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -21,7 +22,8 @@ worker_connections = _settings.worker_connections
 keepalive = _settings.keepalive
 # A heartbeat, not a request timeout: it only fires when a worker's event loop is blocked this long.
 timeout = 30
-graceful_timeout = _settings.graceful_timeout
+# gunicorn accepts whole seconds only (a float fails its validator and the master refuses to start).
+graceful_timeout = math.ceil(_settings.graceful_timeout)
 preload_app = False  # the app must be imported after gevent has patched the worker
 control_socket_disable = True
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -34,6 +36,11 @@ logconfig_dict: dict[str, Any] = {
         "json": {"()": "photo_api.logs.JsonFormatter", "static": {"service": _settings.app_name, "source": "gunicorn"}}
     },
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    # gunicorn merges this dict shallowly into its defaults, whose root logger names a handler ("console")
+    # that is not defined here, so dictConfig fails ("Unable to configure root logger") unless root is
+    # given. No handler on root: the app adds its own JSON handler in each worker (logs.configure_logging),
+    # and a second one here would print every app line twice.
+    "root": {"level": "WARNING", "handlers": []},
     "loggers": {
         "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
         "gunicorn.access": {"handlers": ["stdout"], "level": "WARNING", "propagate": False},
@@ -48,6 +55,11 @@ def on_starting(server: Any) -> None:
 
 def post_fork(server: Any, worker: Any) -> None:
     """Worker: make psycopg2 cooperative before any connection exists, so a slow query never blocks the loop."""
+    if _settings.disable_psycogreen:
+        server.log.warning(
+            "DISABLE_PSYCOGREEN is set (diagnostic): every query blocks all other requests of worker %s", worker.pid
+        )
+        return
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()

@@ -1,0 +1,142 @@
+"""The `photo-api` command line, run as the installed console script with a clean environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from photo_api import migrate
+from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for
+from tests.e2e.server import clean_environment, console_script
+
+CLI_TIMEOUT_S = 60
+DB_PASSWORD = "db-password-do-not-print"
+SWIFT_PASSWORD = "swift-password-do-not-print"
+TEMP_URL_KEY = "temp-url-key-do-not-print"
+
+
+def run(command: str, *args: str, env: Mapping[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script of this virtualenv and capture its output."""
+    return subprocess.run(
+        [console_script(command), *args],
+        env=clean_environment(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """An empty PostgreSQL database (no migration applied yet)."""
+    name = create_pg_database("photo_api_cli")
+    yield pg_url_for(name)
+    drop_pg_database(name)
+
+
+def production_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "ENVIRONMENT": "production",
+        "DATABASE_URL": database_url,
+        "JWT_SECRET_KEY": TEST_SECRET,
+        "LOCAL_STORAGE_DIR": str(tmp_path / "storage"),
+    }
+
+
+def test_check_config_prints_settings_with_secrets_redacted(tmp_path: Path) -> None:
+    env = {
+        "ENVIRONMENT": "Production",
+        "DATABASE_URL": f"postgresql://photo:{DB_PASSWORD}@db.internal:5432/photos",
+        "JWT_SECRET_KEY": TEST_SECRET,
+        "STORAGE_BACKEND": "swift",
+        "NHN_STORAGE_AUTH_URL": "https://api-identity.example.com/v2.0",
+        "NHN_STORAGE_TENANT_ID": "tenant",
+        "NHN_STORAGE_IAM_USER": "user@example.com",
+        "NHN_STORAGE_IAM_PASSWORD": SWIFT_PASSWORD,
+        "NHN_STORAGE_CONTAINER": "photos",
+        "NHN_STORAGE_TEMP_URL_KEY": TEMP_URL_KEY,
+        "DB_POOL_SIZE": "7",
+    }
+    result = run("photo-api", "check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)
+    assert settings["ENVIRONMENT"] == "production"
+    assert settings["DB_POOL_SIZE"] == 7
+    assert settings["JWT_SECRET_KEY"] == settings["NHN_STORAGE_IAM_PASSWORD"] == "********"
+    assert settings["NHN_STORAGE_TEMP_URL_KEY"] == "********"
+    assert settings["DATABASE_URL"] == "postgresql://photo:***@db.internal:5432/photos"
+    for secret in (TEST_SECRET, DB_PASSWORD, SWIFT_PASSWORD, TEMP_URL_KEY):
+        assert secret not in result.stdout + result.stderr
+    assert "configuration is valid" in result.stderr
+    assert not (tmp_path / "var").exists()  # checking creates nothing
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    env = {
+        "ENVIRONMENT": "production",
+        "DATABASE_URL": "sqlite:///photo_api.db",
+        "JWT_SECRET_KEY": "changeme",
+        "DEBUG": "true",
+        "DB_POOL_SIZE": "many",
+        "KEEPALIVE": "30",
+        "DISABLE_PSYCOGREEN": "1",
+    }
+    result = run("photo-api", "check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""  # no settings are printed for an invalid configuration
+    named = {line.strip()[2:].split(":", 1)[0] for line in result.stderr.splitlines() if line.startswith("  - ")}
+    assert named == {
+        "DATABASE_URL",  # SQLite in production
+        "JWT_SECRET_KEY",  # a well-known default
+        "DEBUG",
+        "DB_POOL_SIZE",  # not an integer
+        "LOCAL_STORAGE_DIR",  # local storage in production needs an explicit directory
+        "KEEPALIVE",  # not above the LB idle timeout
+        "DISABLE_PSYCOGREEN",  # diagnostic only
+    }, result.stderr
+    assert result.stderr.startswith(f"configuration is invalid ({len(named)} problem(s)):")
+
+
+def test_db_upgrade_then_current_is_at_head(fresh_pg_url: str, tmp_path: Path) -> None:
+    env = production_env(fresh_pg_url, tmp_path)
+    head = migrate.head()
+    before = run("photo-api", "db", "current", env=env, cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.strip() == f"<none> (head: {head}) needs upgrade"
+
+    upgraded = run("photo-api", "db", "upgrade", env=env, cwd=tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip() == f"database at {head}"
+    current = run("photo-api", "db", "current", env=env, cwd=tmp_path)
+    assert current.returncode == 0, current.stderr
+    assert current.stdout.strip() == f"{head} (head: {head}) up to date"
+
+
+def test_db_upgrade_twice_is_harmless(fresh_pg_url: str, tmp_path: Path) -> None:
+    env = production_env(fresh_pg_url, tmp_path)
+    head = migrate.head()
+    for _ in range(2):
+        result = run("photo-api", "db", "upgrade", env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"database at {head}"
+    assert migrate.current(fresh_pg_url) == head
+
+
+def test_db_command_refuses_an_invalid_configuration(tmp_path: Path) -> None:
+    result = run("photo-api", "db", "upgrade", env={"ENVIRONMENT": "production"}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "DATABASE_URL" in result.stderr and "JWT_SECRET_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flask_cli_finds_the_application_factory(tmp_path: Path) -> None:
+    result = run("flask", "--app", "photo_api", "routes", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for rule in ("/health/liveness", "/auth/register", "/auth/login", "/auth/me"):
+        assert rule in result.stdout
