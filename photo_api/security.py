@@ -15,6 +15,8 @@ from .greenlets import offload
 TOKEN_TYPE = "access"
 # Leeway for clock skew between the instances of the fleet.
 CLOCK_SKEW_LEEWAY_S = 10
+# users.id is a 32-bit INTEGER: a larger subject is no user (and SQLite cannot even bind it).
+MAX_USER_ID = 2**31 - 1
 
 
 class Passwords:
@@ -78,6 +80,10 @@ class Tokens:
         except jwt.PyJWTError as exc:
             raise InvalidToken(type(exc).__name__) from None
         sub = claims.get("sub")
-        if claims.get("type") != TOKEN_TYPE or not isinstance(sub, str) or not sub.isdigit():
+        # isascii(): str.isdigit() also accepts digits such as "²" that int() refuses.
+        if claims.get("type") != TOKEN_TYPE or not isinstance(sub, str) or not (sub.isascii() and sub.isdigit()):
             raise InvalidToken("bad claims")
-        return int(sub)
+        user_id = int(sub)
+        if not 1 <= user_id <= MAX_USER_ID:
+            raise InvalidToken("bad claims")
+        return user_id

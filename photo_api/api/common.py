@@ -11,7 +11,7 @@ from flask import Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from ..errors import BadRequest, FieldError, Forbidden, Unauthorized, ValidationFailed
+from ..errors import BadRequest, FieldError, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
 from ..models import User
 from ..runtime import Runtime
 from ..security import InvalidToken
@@ -63,10 +63,17 @@ def json_body(model: type[M]) -> M:
     if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
         raise BadRequest("Content-Type must be application/json")
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit and request.stream.read(1):
+        # Werkzeug stops reading a body without Content-Length (chunked) at the limit and returns the
+        # truncated bytes; the extra read raises 413 when more was sent (or is caught here if it did not).
+        raise PayloadTooLarge("Request body is too large")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("Malformed JSON body") from None
+    except RecursionError:  # `[[[[…` nested deeper than the parser's stack: hostile, not a server fault
+        raise BadRequest("JSON body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValidationFailed([FieldError("body", "must be a JSON object")])
     try:

@@ -25,13 +25,28 @@ def register(session: Session, passwords: Passwords, *, email: str, username: st
     except IntegrityError as exc:
         session.rollback()
         # The unique indexes decide, so a race between two registrations is a 409 too, never a 500.
-        text = str(exc.orig)
-        if "email" in text:
+        field = _conflicting_field(exc)
+        if field == "email":
             raise Conflict("Email already registered", field="email") from None
-        if "username" in text:
+        if field == "username":
             raise Conflict("Username already taken", field="username") from None
         raise
     return user
+
+
+def _conflicting_field(exc: IntegrityError) -> str | None:
+    """The users column whose unique index `exc` violated, judged by the constraint's name only.
+
+    PostgreSQL's message also quotes the conflicting *value* (`Key (username)=(email_fan)`), so searching
+    the whole text for "email" would blame the wrong field; its diagnostics carry the constraint name.
+    SQLite names the column (`UNIQUE constraint failed: users.email`) and never the value.
+    """
+    diag = getattr(exc.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None) or str(exc.orig)
+    for field in ("email", "username"):
+        if name in (f"uq_users_{field}", f"UNIQUE constraint failed: users.{field}"):
+            return field
+    return None
 
 
 def authenticate(session: Session, passwords: Passwords, *, email: str, password: str) -> User | None:

@@ -1,0 +1,322 @@
+"""Settings: every bad environment is refused at boot, naming each variable at fault, all at once."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from photo_api import create_app
+from photo_api.config import ConfigError, Settings, development_defaults, load_settings
+
+STRONG_SECRET = "k3J9vQ2mX7pL5tR8wZ1nB4cF6hD0gY2sA9eU3iO7"  # 40 bytes, not a known default
+DB_PASSWORD = "db-pass-Wq8rT2"
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "JWT_SECRET_KEY": STRONG_SECRET,
+    "DATABASE_URL": f"postgresql://photo:{DB_PASSWORD}@db.internal:5432/photos",
+    "LOCAL_STORAGE_DIR": "/srv/photo-api/storage",
+}
+SWIFT = {
+    "STORAGE_BACKEND": "swift",
+    "NHN_STORAGE_AUTH_URL": "https://api-identity.infrastructure.cloud.toast.com/v2.0",
+    "NHN_STORAGE_TENANT_ID": "tenant-123",
+    "NHN_STORAGE_IAM_USER": "user@example.com",
+    "NHN_STORAGE_IAM_PASSWORD": "swift-pass-Zx81",
+    "NHN_STORAGE_CONTAINER": "photos",
+}
+CDN = {
+    "NHN_CDN_DOMAIN": "abcd.cdn.nhncloudservice.com",
+    "NHN_CDN_APP_KEY": "cdn-app-key",
+    "NHN_CDN_SECRET_KEY": "cdn-secret-Qp42",
+    "NHN_CDN_ENCRYPT_KEY": "00112233445566778899aabbccddeeff",
+}
+
+
+def without(env: dict[str, str], *names: str) -> dict[str, str]:
+    """A copy of `env` lacking `names`."""
+    return {k: v for k, v in env.items() if k not in names}
+
+
+def config_error(environ: dict[str, str], **overrides: Any) -> ConfigError:
+    """Load settings that must be refused and return the ConfigError."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ, **overrides)
+    return info.value
+
+
+def messages_for(error: ConfigError, setting: str) -> str:
+    """Every message reported for `setting`, lower-cased and joined."""
+    return " | ".join(p.message for p in error.problems if p.setting == setting).lower()
+
+
+BAD_ENVIRONMENTS = [
+    # wrong types and ranges
+    pytest.param({"DB_POOL_SIZE": "abc"}, "DB_POOL_SIZE", "integer", id="pool-size-not-int"),
+    pytest.param({"MAX_UPLOAD_BYTES": "-1"}, "MAX_UPLOAD_BYTES", "greater than", id="upload-limit-negative"),
+    pytest.param({"ENABLE_DOCS": "maybe"}, "ENABLE_DOCS", "boolean", id="docs-not-bool"),
+    pytest.param({"HEALTH_CHECK_TIMEOUT": "0"}, "HEALTH_CHECK_TIMEOUT", "greater than", id="health-timeout-zero"),
+    # unknown enum values: the message lists the allowed ones
+    pytest.param({"ENVIRONMENT": "staging"}, "ENVIRONMENT", "production", id="environment-unknown"),
+    pytest.param({"STORAGE_BACKEND": "s3"}, "STORAGE_BACKEND", "swift", id="storage-unknown"),
+    pytest.param({"CDN_TOKEN_MODE": "x"}, "CDN_TOKEN_MODE", "local", id="cdn-mode-unknown"),
+    pytest.param({"JWT_ALGORITHM": "none"}, "JWT_ALGORITHM", "hs256", id="jwt-alg-none"),
+    pytest.param({"JWT_ALGORITHM": "RS256"}, "JWT_ALGORITHM", "hs256", id="jwt-alg-asymmetric"),
+    # production rules
+    pytest.param(without(PRODUCTION, "JWT_SECRET_KEY"), "JWT_SECRET_KEY", "required", id="prod-no-secret"),
+    pytest.param({**PRODUCTION, "JWT_SECRET_KEY": ""}, "JWT_SECRET_KEY", "required", id="prod-empty-secret"),
+    pytest.param({**PRODUCTION, "JWT_SECRET_KEY": "changeme"}, "JWT_SECRET_KEY", "default", id="prod-changeme"),
+    pytest.param({**PRODUCTION, "JWT_SECRET_KEY": " ChangeMe "}, "JWT_SECRET_KEY", "default", id="prod-changeme-case"),
+    pytest.param({**PRODUCTION, "JWT_SECRET_KEY": "0123456789abcdef"}, "JWT_SECRET_KEY", "32", id="prod-16-byte"),
+    pytest.param(
+        {**PRODUCTION, "DATABASE_URL": "sqlite:////srv/photo.db"}, "DATABASE_URL", "postgresql", id="prod-sqlite"
+    ),
+    pytest.param(without(PRODUCTION, "DATABASE_URL"), "DATABASE_URL", "postgresql", id="prod-no-database"),
+    pytest.param({**PRODUCTION, "DEBUG": "true"}, "DEBUG", "production", id="prod-debug"),
+    pytest.param(
+        without(PRODUCTION, "LOCAL_STORAGE_DIR"), "LOCAL_STORAGE_DIR", "directory", id="prod-local-storage-no-dir"
+    ),
+    # swift needs its credentials
+    pytest.param(without(SWIFT, "NHN_STORAGE_TENANT_ID"), "NHN_STORAGE_TENANT_ID", "required", id="swift-no-tenant"),
+    pytest.param(without(SWIFT, "NHN_STORAGE_IAM_USER"), "NHN_STORAGE_IAM_USER", "required", id="swift-no-user"),
+    pytest.param(
+        without(SWIFT, "NHN_STORAGE_IAM_PASSWORD"), "NHN_STORAGE_IAM_PASSWORD", "required", id="swift-no-password"
+    ),
+    pytest.param(without(SWIFT, "NHN_STORAGE_CONTAINER"), "NHN_STORAGE_CONTAINER", "required", id="swift-no-container"),
+    pytest.param(without(SWIFT, "NHN_STORAGE_AUTH_URL"), "NHN_STORAGE_AUTH_URL", "required", id="swift-no-auth-url"),
+    # CDN
+    pytest.param(
+        {**CDN, "NHN_CDN_DOMAIN": "https://abcd.cdn.nhncloudservice.com"}, "NHN_CDN_DOMAIN", "scheme", id="cdn-scheme"
+    ),
+    pytest.param({"NHN_CDN_DOMAIN": "cdn.example.com"}, "NHN_CDN_APP_KEY", "required", id="cdn-no-app-key"),
+    pytest.param({"NHN_CDN_DOMAIN": "cdn.example.com"}, "NHN_CDN_SECRET_KEY", "required", id="cdn-no-secret-key"),
+    pytest.param({"NHN_CDN_DOMAIN": "cdn.example.com"}, "NHN_CDN_ENCRYPT_KEY", "required", id="cdn-no-encrypt-key"),
+    pytest.param(
+        {**CDN, "CDN_TOKEN_MODE": "local", "NHN_CDN_ENCRYPT_KEY": ""},
+        "NHN_CDN_ENCRYPT_KEY",
+        "required",
+        id="cdn-local-mode-no-encrypt-key",
+    ),
+    pytest.param({**CDN, "NHN_CDN_ENCRYPT_KEY": "not-hex!"}, "NHN_CDN_ENCRYPT_KEY", "hex", id="cdn-key-not-hex"),
+    # timeouts that do not fit the load balancer or each other
+    pytest.param(
+        {"HEALTH_CHECK_TIMEOUT": "5", "LB_HEALTH_CHECK_TIMEOUT": "5"},
+        "HEALTH_CHECK_TIMEOUT",
+        "lb_health_check_timeout",
+        id="health-timeout-equals-lb",
+    ),
+    pytest.param(
+        {"HEALTH_CHECK_TIMEOUT": "3", "LB_HEALTH_CHECK_TIMEOUT": "2"},
+        "HEALTH_CHECK_TIMEOUT",
+        "lb_health_check_timeout",
+        id="health-timeout-above-lb",
+    ),
+    pytest.param(
+        {"GRACEFUL_TIMEOUT": "10", "DB_STATEMENT_TIMEOUT_MS": "30000"},
+        "GRACEFUL_TIMEOUT",
+        "db_statement_timeout_ms",
+        id="graceful-below-statement-timeout",
+    ),
+    pytest.param({"KEEPALIVE": "60", "LB_IDLE_TIMEOUT": "60"}, "KEEPALIVE", "lb_idle_timeout", id="keepalive-eq-lb"),
+    pytest.param({"KEEPALIVE": "30", "LB_IDLE_TIMEOUT": "60"}, "KEEPALIVE", "lb_idle_timeout", id="keepalive-below-lb"),
+    # URLs
+    pytest.param({"PUBLIC_BASE_URL": "ftp://photos.example.com"}, "PUBLIC_BASE_URL", "http", id="url-scheme"),
+    pytest.param({"PUBLIC_BASE_URL": "photos.example.com"}, "PUBLIC_BASE_URL", "http", id="url-no-scheme"),
+    pytest.param({"NHN_LOG_URL": "https://", "NHN_LOG_APPKEY": "k"}, "NHN_LOG_URL", "url", id="url-no-host"),
+    pytest.param({"PROMETHEUS_PUSHGATEWAY_URL": "http://"}, "PROMETHEUS_PUSHGATEWAY_URL", "url", id="url-no-host-2"),
+    pytest.param({"DATABASE_URL": "mysql://db/photos"}, "DATABASE_URL", "postgresql", id="db-url-mysql"),
+    pytest.param({"DATABASE_URL": "postgresql://u@db:notaport/x"}, "DATABASE_URL", "url", id="db-url-bad-port"),
+    pytest.param({"DATABASE_URL": "postgresql"}, "DATABASE_URL", "url", id="db-url-not-a-url"),
+]
+
+
+@pytest.mark.parametrize(("environ", "setting", "fragment"), BAD_ENVIRONMENTS)
+def test_bad_environment_names_the_setting(environ: dict[str, str], setting: str, fragment: str) -> None:
+    error = config_error(environ)
+    assert setting in error.settings_named(), error
+    assert fragment in messages_for(error, setting), error
+    assert setting in str(error)  # what `check-config` and the boot failure print
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    environ = {
+        "ENVIRONMENT": "production",
+        "DB_POOL_SIZE": "abc",  # type error
+        "ENABLE_DOCS": "maybe",  # type error
+        "JWT_SECRET_KEY": "changeme",  # production rule
+        "DEBUG": "true",  # production rule
+        "KEEPALIVE": "10",  # cross-field rule
+        "NHN_CDN_DOMAIN": "https://cdn.example.com",  # CDN rules
+    }
+    error = config_error(environ)
+    assert {
+        "DB_POOL_SIZE",
+        "ENABLE_DOCS",
+        "JWT_SECRET_KEY",
+        "DEBUG",
+        "DATABASE_URL",
+        "LOCAL_STORAGE_DIR",
+        "KEEPALIVE",
+        "NHN_CDN_DOMAIN",
+        "NHN_CDN_APP_KEY",
+    } <= error.settings_named()
+
+
+def test_a_bad_enum_does_not_hide_the_problems_of_other_settings() -> None:
+    # A typo in ENVIRONMENT must not silence the checks that do not depend on it.
+    environ = {
+        "ENVIRONMENT": "prod",
+        "DB_POOL_SIZE": "abc",
+        "DATABASE_URL": "mysql://db/photos",
+        **without(SWIFT, "NHN_STORAGE_CONTAINER"),
+    }
+    error = config_error(environ)
+    assert {"ENVIRONMENT", "DB_POOL_SIZE", "DATABASE_URL", "NHN_STORAGE_CONTAINER"} <= error.settings_named()
+
+
+def test_only_the_broken_settings_are_named() -> None:
+    error = config_error({"DB_POOL_SIZE": "abc"})
+    assert error.settings_named() == {"DB_POOL_SIZE"}
+
+
+@pytest.mark.parametrize("value", ["PRODUCTION", "Production", " production "])
+def test_environment_is_case_insensitive(value: str) -> None:
+    settings = load_settings(environ={**PRODUCTION, "ENVIRONMENT": value})
+    assert settings.environment == "production"
+    assert settings.is_production
+    # ...and the production rules apply to it.
+    error = config_error({**without(PRODUCTION, "JWT_SECRET_KEY"), "ENVIRONMENT": value})
+    assert "JWT_SECRET_KEY" in error.settings_named()
+
+
+def test_valid_production_environment_loads() -> None:
+    settings = load_settings(environ={**PRODUCTION, **SWIFT, **CDN, "PUBLIC_BASE_URL": "https://photos.example.com"})
+    assert settings.is_production
+    assert settings.storage_backend == "swift"
+    assert not settings.is_sqlite
+    assert settings.jwt_secret_key is not None
+    assert settings.jwt_secret_key.get_secret_value() == STRONG_SECRET
+    # Production settings are taken as they are: no embedded defaults are slipped in.
+    assert development_defaults(settings) is settings
+
+
+def test_swift_v1_auth_needs_no_tenant() -> None:
+    settings = load_settings(environ={**without(SWIFT, "NHN_STORAGE_TENANT_ID"), "NHN_STORAGE_AUTH_VERSION": "1"})
+    assert settings.nhn_storage_auth_version == "1"
+    assert settings.nhn_storage_tenant_id is None
+
+
+def test_cdn_local_token_mode_needs_no_api_keys() -> None:
+    settings = load_settings(
+        environ={**without(CDN, "NHN_CDN_APP_KEY", "NHN_CDN_SECRET_KEY"), "CDN_TOKEN_MODE": "local"}
+    )
+    assert settings.cdn_token_mode == "local"
+
+
+def test_empty_values_mean_unset() -> None:
+    # `FOO=` lines in an env file are common; they must not turn into type errors.
+    settings = load_settings(environ={"DB_POOL_SIZE": "", "ENABLE_DOCS": " ", "JWT_SECRET_KEY": ""})
+    assert settings.db_pool_size == 5
+    assert settings.enable_docs is True
+    assert settings.jwt_secret_key is None
+
+
+def test_env_file_is_read_and_the_environment_overrides_it(tmp_path: Path) -> None:
+    env_file = tmp_path / "photo-api.env"
+    env_file.write_text(
+        "# comments and blank lines are fine\n\nAPP_NAME=from-file\nREGION=kr1\nDB_POOL_SIZE=7\nUNRELATED_VARIABLE=x\n"
+    )
+    settings = load_settings(environ={"PHOTO_API_ENV_FILE": str(env_file), "APP_NAME": "from-environment"})
+    assert settings.app_name == "from-environment"  # the real environment wins
+    assert settings.region == "kr1"
+    assert settings.db_pool_size == 7
+
+
+def test_env_file_problems_are_reported(tmp_path: Path) -> None:
+    env_file = tmp_path / "photo-api.env"
+    env_file.write_text("DB_POOL_SIZE=abc\nENVIRONMENT=production\n")
+    error = config_error({"PHOTO_API_ENV_FILE": str(env_file)})
+    assert {"DB_POOL_SIZE", "JWT_SECRET_KEY"} <= error.settings_named()
+
+
+def test_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
+    # A typo in the path must not silently boot on the embedded defaults.
+    error = config_error({"PHOTO_API_ENV_FILE": str(tmp_path / "does-not-exist.env")})
+    assert "PHOTO_API_ENV_FILE" in error.settings_named()
+
+
+def test_redacted_never_shows_secrets() -> None:
+    settings = load_settings(environ={**PRODUCTION, **SWIFT, **CDN, "NHN_STORAGE_TEMP_URL_KEY": "temp-url-key-Mn55"})
+    redacted = settings.redacted()
+    text = repr(redacted)
+    for secret in (
+        STRONG_SECRET,
+        DB_PASSWORD,
+        SWIFT["NHN_STORAGE_IAM_PASSWORD"],
+        CDN["NHN_CDN_SECRET_KEY"],
+        CDN["NHN_CDN_ENCRYPT_KEY"],
+        "temp-url-key-Mn55",
+    ):
+        assert secret not in text
+    # Still useful: the DB host and user are shown, the names are the variables' names.
+    assert "db.internal" in redacted["DATABASE_URL"]
+    assert "photo" in redacted["DATABASE_URL"]
+    assert redacted["JWT_SECRET_KEY"] == "********"
+    assert redacted["NHN_STORAGE_IAM_USER"] == SWIFT["NHN_STORAGE_IAM_USER"]
+    assert redacted["NHN_CDN_ENCRYPT_KEY"] == "********"
+    # And the settings object itself does not print them either (tracebacks, debuggers).
+    assert STRONG_SECRET not in repr(settings)
+
+
+def test_create_app_refuses_a_bad_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing may be written into the working directory either
+    for name in list(os.environ):
+        if name.lower() in Settings.model_fields or name == "PHOTO_API_ENV_FILE":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DB_POOL_SIZE", "abc")
+    with pytest.raises(ConfigError) as info:
+        create_app()
+    assert {"DB_POOL_SIZE", "JWT_SECRET_KEY", "DATABASE_URL"} <= info.value.settings_named()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_development_defaults_create_the_embedded_setup_once(tmp_path: Path) -> None:
+    var_dir = tmp_path / "var"
+    settings = load_settings(environ={})
+    first = development_defaults(settings, var_dir=var_dir)
+
+    assert first.database_url == f"sqlite:///{(var_dir / 'photo_api.db').resolve()}"
+    assert first.storage_backend == "local"
+    assert first.local_storage_dir == (var_dir / "storage").resolve()
+    assert first.local_storage_dir.is_dir()
+    secret_file = var_dir / "jwt-secret"
+    assert secret_file.is_file()
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert first.jwt_secret_key is not None
+    secret = first.jwt_secret_key.get_secret_value()
+    assert len(secret.encode()) >= 32
+    assert secret_file.read_text().strip() == secret
+    assert [p.name for p in var_dir.iterdir() if p.name.startswith(".")] == []  # no temp file left behind
+
+    # A restart reuses the secret (tokens survive) instead of generating another.
+    second = development_defaults(load_settings(environ={}), var_dir=var_dir)
+    assert second.jwt_secret_key is not None
+    assert second.jwt_secret_key.get_secret_value() == secret
+    assert second.database_url == first.database_url
+
+
+def test_development_defaults_keep_explicit_values(tmp_path: Path) -> None:
+    settings = load_settings(
+        environ={
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1/photos",
+            "LOCAL_STORAGE_DIR": str(tmp_path / "mine"),
+            "JWT_SECRET_KEY": STRONG_SECRET,
+        }
+    )
+    var_dir = tmp_path / "var"
+    assert development_defaults(settings, var_dir=var_dir) == settings
+    assert not (var_dir / "jwt-secret").exists()
