@@ -1,14 +1,16 @@
-"""The `photo-api` command line: serve, db upgrade/current, check-config."""
+"""The `photo-api` command line: serve, db upgrade/current, check-config, reap-uploads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import sys
 
 import click
 
-from . import migrate
+from . import metrics, migrate
 from .config import ConfigError, Settings, development_defaults, load_settings
 
 
@@ -85,6 +87,41 @@ def serve(bind: str | None, workers: int | None) -> None:
     if workers:
         args += ["--workers", str(workers)]
     args.append("photo_api:create_app()")
+    if settings.metrics_enabled:
+        # prometheus_client picks multiprocess mode when first imported: the variable must be there first.
+        metrics.export_multiproc_dir(settings)
     sys.stdout.flush()
     # exec, so that systemd's and the autoscaler's SIGTERM reach the gunicorn master directly.
     os.execv(sys.executable, args)
+
+
+@main.command("reap-uploads")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True, help="rows per transaction")
+def reap_uploads(batch: int) -> None:
+    """Remove expired pending uploads and retry failed object deletions; safe on every instance at once.
+
+    Prints one JSON line: expired_uploads_removed, deletions_retried (recorded deletions done now) and
+    deletions_failed (still failing; retried by a later run with backoff). Exits 1 only when the run broke off.
+    """
+    # Imported here: the other commands need neither the database engine nor the storage backend.
+    from .logs import JsonFormatter
+    from .models import utcnow
+    from .runtime import Runtime
+    from .services import uploads
+
+    settings = development_defaults(_settings_or_exit())
+    # Logs go to stderr as JSON lines, so that stdout carries only the summary a timer or script parses.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter({"service": settings.app_name, "command": "reap-uploads"}))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    runtime = Runtime.build(settings)
+    session = runtime.db.session()
+    try:
+        result = uploads.reap(session, runtime.storage, now=utcnow(), batch=batch)
+    except Exception:
+        logging.getLogger("photo_api.cli").exception("reap-uploads failed")
+        sys.exit(1)
+    finally:
+        session.close()
+        runtime.db.dispose()
+    click.echo(json.dumps(dataclasses.asdict(result)))

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, g, has_request_context, request
 
 from ..runtime import Runtime
-from . import auth, docs, errors, health
+from . import albums, auth, docs, errors, health, photos, shares, uploads
 from .common import close_db_session
 
 access_log = logging.getLogger("photo_api.access")
@@ -55,5 +55,9 @@ def init_app(app: Flask, runtime: Runtime) -> None:
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(auth.bp)
+    app.register_blueprint(photos.bp)
+    app.register_blueprint(albums.bp)
+    app.register_blueprint(shares.bp)
+    app.register_blueprint(uploads.bp)
     if runtime.settings.enable_docs:
         app.register_blueprint(docs.bp)

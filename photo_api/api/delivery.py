@@ -14,6 +14,14 @@ from ..storage import RangeNotSatisfiable as StorageRangeNotSatisfiable
 log = logging.getLogger(__name__)
 
 _SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# More digits than any object size needs; int() refuses strings past 4300 digits, and a longer
+# position is simply "beyond any object".
+_MAX_POSITION_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= _MAX_POSITION_DIGITS else 10**_MAX_POSITION_DIGITS
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int | None] | None:
@@ -29,12 +37,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int | None] | None:
         return None
     first, last = m[1], m[2]
     if first == "":  # suffix: the last N bytes
-        n = int(last)
+        n = _position(last)
         if n == 0:
             raise RangeNotSatisfiable(size)
         return max(0, size - n), None
-    start = int(first)
-    end = int(last) if last else None
+    start = _position(first)
+    end = _position(last) if last else None
     if end is not None and end < start:
         return None
     if start >= size:

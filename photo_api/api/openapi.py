@@ -50,6 +50,7 @@ def doc(
     tag: str,
     responses: dict[int, ResponseSpec],
     body: type[BaseModel] | dict[str, Any] | None = None,
+    body_required: bool = True,
     query: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),
     description: str | None = None,
@@ -57,7 +58,8 @@ def doc(
     """Attach the OpenAPI description of a view: its body, query, responses and error statuses.
 
     `responses` maps a status to a model, `[Model]` for a JSON array, a raw schema dict with a
-    "content" key (e.g. images), or None for an empty body.
+    "content" key (e.g. images), or None for an empty body. `body_required=False` documents a
+    model body the view also accepts absent.
     """
 
     def decorate(view: F) -> F:
@@ -67,6 +69,7 @@ def doc(
             tag=tag,
             responses=responses,
             body=body,
+            body_required=body_required,
             query=query,
             errors=errors,
             description=description,
@@ -121,7 +124,10 @@ def _operation(components: _Components, meta: dict[str, Any], params: list[dict[
     if isinstance(body, dict):
         op["requestBody"] = body
     elif body is not None:
-        op["requestBody"] = {"required": True, "content": _media(components.ref(body, mode="validation"))}
+        op["requestBody"] = {
+            "required": meta.get("body_required", True),
+            "content": _media(components.ref(body, mode="validation")),
+        }
     responses = {str(code): _response(components, code, spec) for code, spec in meta["responses"].items()}
     errors = set(meta.get("errors", ())) | set(_COMMON_ERRORS)
     if meta.get("auth"):

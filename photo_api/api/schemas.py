@@ -58,7 +58,8 @@ class RegisterIn(Request):
 
 
 class LoginIn(Request):
-    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    # No control characters: no registered e-mail has one, and PostgreSQL refuses a NUL in a parameter (500).
+    email: Annotated[str, StringConstraints(min_length=1, max_length=254, pattern=r"^[^\x00-\x1f\x7f]+$")]
     password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -97,8 +98,10 @@ class LivenessOut(BaseModel):
     version: str
 
 
-Title = Annotated[str, StringConstraints(max_length=255)]
-Description = Annotated[str, StringConstraints(max_length=10_000)]
+# PostgreSQL cannot store a NUL character in text (the driver raises, which was a 500): reject it as a 422.
+_NO_NUL = r"^[^\x00]*$"
+Title = Annotated[str, StringConstraints(max_length=255, pattern=_NO_NUL)]
+Description = Annotated[str, StringConstraints(max_length=10_000, pattern=_NO_NUL)]
 
 
 class PhotoOut(Response):

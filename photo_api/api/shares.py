@@ -1,0 +1,169 @@
+"""Share links: the owner's routes under /albums/{id}/share and the public routes under /share/{token}.
+
+The access log records the route template (`/share/<token>`), never the path, so tokens stay out of logs.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+from pydantic import Field
+
+from ..config import Settings
+from ..models import ShareLink
+from ..services import photos, shares
+from .common import auth_required, current_user, db_session, json_body, respond, runtime
+from .delivery import send_object
+from .openapi import doc
+from .schemas import Request, SharedAlbumOut, SharedPhotoOut, ShareLinkOut
+
+bp = Blueprint("shares", __name__)
+
+MAX_EXPIRES_IN_DAYS = 365
+# Revalidated on every use (cheap with the ETag), so a revoked link stops serving images at once.
+SHARED_IMAGE_CACHE_CONTROL = "private, no-cache"
+FORWARDED_PROTOS = frozenset({"http", "https"})
+IMAGE_RESPONSE = {
+    "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+    "headers": {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}},
+}
+
+
+class ShareIn(Request):
+    expires_in_days: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_DAYS, description="null: never")
+
+
+def _forwarded(header: str | None, trusted: int) -> str | None:
+    """The value the outermost trusted proxy appended to an X-Forwarded-* list (as werkzeug's ProxyFix)."""
+    values = [v.strip() for v in (header or "").split(",")]
+    if not header or len(values) < trusted or not values[-trusted]:
+        return None
+    return values[-trusted]
+
+
+def public_base_url(settings: Settings) -> str:
+    """PUBLIC_BASE_URL, else scheme and host of this request; X-Forwarded-* count only from trusted proxies."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    scheme, host = request.scheme, request.host
+    trusted = settings.trusted_proxy_count
+    if trusted > 0:
+        # Anyone can send these headers; only the ones our own proxies appended are believed.
+        proto = _forwarded(request.headers.get("X-Forwarded-Proto"), trusted)
+        scheme = proto.lower() if proto and proto.lower() in FORWARDED_PROTOS else scheme
+        host = _forwarded(request.headers.get("X-Forwarded-Host"), trusted) or host
+    return f"{scheme}://{host}"
+
+
+def _share_out(link: ShareLink) -> ShareLinkOut:
+    return ShareLinkOut(
+        id=link.id,
+        album_id=link.album_id,
+        token=link.token,
+        is_active=link.is_active,
+        expires_at=link.expires_at,
+        view_count=link.view_count,
+        created_at=link.created_at,
+        share_url=f"{public_base_url(runtime().settings)}/share/{link.token}",
+    )
+
+
+@bp.post("/albums/<int:album_id>/share")
+@doc(
+    "Create a share link for an album",
+    tag="shares",
+    body=ShareIn,
+    body_required=False,
+    responses={201: ShareLinkOut},
+    errors=(404,),
+    description="An empty body creates a link that never expires. The token carries 32 random bytes.",
+)
+@auth_required
+def create_share(album_id: int) -> Response:
+    # A bodiless POST is the natural way to ask for a link with no expiry.
+    data = json_body(ShareIn) if request.get_data(cache=True) else ShareIn()
+    link = shares.create_share(db_session(), current_user().id, album_id, expires_in_days=data.expires_in_days)
+    return respond(_share_out(link), 201)
+
+
+@bp.get("/albums/<int:album_id>/share")
+@doc(
+    "List the share links of an album, newest first",
+    tag="shares",
+    responses={200: [ShareLinkOut]},
+    errors=(404,),
+    description="Revoked and expired links are listed too (see `is_active` and `expires_at`).",
+)
+@auth_required
+def list_shares(album_id: int) -> Response:
+    links = shares.list_shares(db_session(), current_user().id, album_id)
+    return respond([_share_out(link) for link in links])
+
+
+@bp.delete("/albums/<int:album_id>/share/<int:share_id>")
+@doc(
+    "Revoke a share link",
+    tag="shares",
+    responses={204: None},
+    errors=(404,),
+    description="The link stays listed with `is_active: false`; revoking it again is harmless.",
+)
+@auth_required
+def revoke_share(album_id: int, share_id: int) -> Response:
+    shares.revoke_share(db_session(), current_user().id, album_id, share_id)
+    return respond(None, 204)
+
+
+@bp.get("/share/<token>")
+@doc(
+    "A shared album, as the public sees it",
+    tag="public",
+    responses={200: SharedAlbumOut},
+    errors=(404, 410),
+    description="No authentication: the token is the credential. 404 for an unknown token, 410 for a revoked "
+    "or expired one. Every successful call counts one view.",
+)
+def view_shared_album(token: str) -> Response:
+    shared = shares.view_shared_album(db_session(), token)
+    album = shared.album
+    shared_photos = [
+        SharedPhotoOut(
+            id=p.id,
+            title=p.title,
+            description=p.description,
+            content_type=p.content_type,
+            file_size=p.file_size,
+            created_at=p.created_at,
+            url=f"/share/{token}/photos/{p.id}/image",
+        )
+        for p in shared.photos
+    ]
+    return respond(
+        SharedAlbumOut(
+            album_name=album.name,
+            album_description=album.description,
+            photo_count=len(shared_photos),
+            created_at=album.created_at,
+            photos=shared_photos,
+        )
+    )
+
+
+@bp.get("/share/<token>/photos/<int:photo_id>/image")
+@doc(
+    "The bytes of a photo of a shared album",
+    tag="public",
+    responses={200: IMAGE_RESPONSE, 206: IMAGE_RESPONSE, 304: None},
+    errors=(404, 410, 416),
+    description="404 unless the photo is in the shared album. Honours `If-None-Match` (304) and one `Range` (206).",
+)
+def shared_photo_image(token: str, photo_id: int) -> Response:
+    photo = shares.shared_photo(db_session(), token, photo_id)
+    storage = runtime().storage
+    return send_object(
+        storage,
+        key=photo.filename,
+        content_type=photo.content_type,
+        etag=photos.image_etag(storage, photo),
+        size=photo.file_size,
+        cache_control=SHARED_IMAGE_CACHE_CONTROL,
+    )
