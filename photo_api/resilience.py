@@ -14,13 +14,16 @@ import random
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import backoff
 import requests
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker, CircuitBreakerError
 
 from .greenlets import deadline
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,6 +119,42 @@ class Policy:
     def timeout(self) -> tuple[float, float]:
         """The (connect, read) pair for requests; read bounds each gap between bytes, not the total."""
         return (self.connect_timeout, self.read_timeout)
+
+
+# The retry and breaker settings a service may override (OPERATIONS.md: "per-service overrides allowed"):
+# `{SERVICE}_RETRY_MAX_TRIES` wins over `RETRY_MAX_TRIES` when the Settings field exists and is set.
+OVERRIDABLE = (
+    "retry_max_tries",
+    "retry_max_time",
+    "retry_base_delay",
+    "retry_max_delay",
+    "breaker_failure_threshold",
+    "breaker_recovery_timeout",
+)
+
+
+def policy_for(settings: Settings, service: str, *, read_timeout: float, deadline: float | None = None) -> Policy:
+    """Build `service`'s Policy from the global RETRY_*/BREAKER_* settings and its own overrides.
+
+    `deadline` defaults to `read_timeout`: the configured timeout is the budget of one logical call, so
+    quick failures (refused connections, 5xx) are retried within it while a stalled read is not repeated.
+    """
+    values: dict[str, Any] = {}
+    for name in OVERRIDABLE:
+        override = getattr(settings, f"{service}_{name}", None)
+        values[name] = getattr(settings, name) if override is None else override
+    return Policy(
+        service=service,
+        connect_timeout=settings.http_timeout_connect,
+        read_timeout=read_timeout,
+        deadline=read_timeout if deadline is None else deadline,
+        max_tries=values["retry_max_tries"],
+        max_time=values["retry_max_time"],
+        base_delay=values["retry_base_delay"],
+        max_delay=values["retry_max_delay"],
+        failure_threshold=values["breaker_failure_threshold"],
+        recovery_timeout=values["breaker_recovery_timeout"],
+    )
 
 
 class Events(Protocol):
@@ -258,12 +297,22 @@ class Resilient:
     def _retry_after(self) -> int:
         return max(1, int(self.breaker.open_remaining + 0.999))
 
-    def call(self, fn: Callable[..., T], *args: Any, idempotent: bool = True, **kwargs: Any) -> T:
+    def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        idempotent: bool = True,
+        deadline_s: float | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run `fn(*args, **kwargs)` under the policy; raise DependencyUnavailable when it cannot succeed.
 
         Non-idempotent calls (a POST that creates something) get one attempt: a retry could do it twice.
+        `deadline_s` replaces the policy's deadline for this call (one dependency, one breaker, but an
+        upload may need a longer budget than a HEAD).
         """
         policy = self.policy
+        total = policy.deadline if deadline_s is None else deadline_s
 
         def attempt() -> T:
             return self.breaker.call(fn, *args, **kwargs)
@@ -279,7 +328,7 @@ class Resilient:
             logger=None,
         )(attempt)
         try:
-            with deadline(policy.deadline):
+            with deadline(total):
                 return retrying()
         except CircuitBreakerError:
             raise DependencyUnavailable(policy.service, "circuit_open", self._retry_after()) from None
@@ -290,5 +339,5 @@ class Resilient:
         except BaseException as exc:
             if _is_timeout(exc):
                 self.events.giveup(policy.service, exc)
-                raise DependencyUnavailable(policy.service, "deadline", max(1, int(policy.deadline))) from None
+                raise DependencyUnavailable(policy.service, "deadline", max(1, int(total))) from None
             raise

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .config import Settings
 from .db import Database
+from .resilience import policy_for
 from .security import Passwords, Tokens
 from .storage import Storage, build_storage
 
@@ -46,4 +48,34 @@ def _build_storage(settings: Settings, secret: str) -> Storage:
         # A key of its own for upload URLs, derived so that operators manage one secret only.
         signing_key = hmac.new(secret.encode(), b"photo-api local upload url", hashlib.sha256).digest()
         return build_storage("local", root=settings.local_storage_dir, signing_key=signing_key)
+    if settings.storage_backend == "swift":
+        return build_storage("swift", **swift_storage_options(settings))
     return build_storage(settings.storage_backend)
+
+
+def swift_storage_options(settings: Settings) -> dict[str, Any]:
+    """SwiftStorage's constructor arguments from Settings (presence of the required ones is a config rule)."""
+    assert settings.nhn_storage_auth_url and settings.nhn_storage_iam_user, "checked by config._rule_swift"
+    assert settings.nhn_storage_iam_password and settings.nhn_storage_container, "checked by config._rule_swift"
+    temp_url_key = settings.nhn_storage_temp_url_key
+    return {
+        "auth_url": settings.nhn_storage_auth_url,
+        "auth_version": settings.nhn_storage_auth_version,
+        "tenant_id": settings.nhn_storage_tenant_id,
+        "username": settings.nhn_storage_iam_user,
+        "password": settings.nhn_storage_iam_password.get_secret_value(),
+        "storage_url": settings.nhn_storage_url,
+        "region": settings.region,
+        "container": settings.nhn_storage_container,
+        "temp_url_key": temp_url_key.get_secret_value() if temp_url_key else None,
+        # Object calls: STORAGE_DOWNLOAD_TIMEOUT is the read timeout and the deadline of GET/HEAD/DELETE
+        # (for a GET: until the headers arrive); uploads get STORAGE_UPLOAD_TIMEOUT for both.
+        "policy": policy_for(settings, "storage", read_timeout=settings.storage_download_timeout),
+        "auth_policy": replace(
+            policy_for(settings, "storage", read_timeout=settings.storage_auth_timeout), service="storage_auth"
+        ),
+        "upload_timeout": settings.storage_upload_timeout,
+        "check_timeout": settings.health_check_timeout,
+        "max_concurrency": settings.storage_max_concurrency,
+        "queue_timeout": settings.storage_queue_timeout,
+    }

@@ -132,7 +132,7 @@ def test_breaker_opens_after_threshold_then_fails_fast_without_calling() -> None
 
 
 def test_open_breaker_stops_retries_mid_sequence() -> None:
-    r, events, _ = make(max_tries=10, failure_threshold=2)
+    r, _, _ = make(max_tries=10, failure_threshold=2)
     dep = Flaky(100)
     with pytest.raises(DependencyUnavailable) as info:
         r.call(dep)
@@ -190,7 +190,9 @@ def test_full_jitter_bounds_waits() -> None:
         draws.append((a, b))
         return 0.0
 
-    r = Resilient(policy(base_delay=0.2, max_delay=0.5, max_tries=4, failure_threshold=10), events=Recorder(), rand=rand)
+    r = Resilient(
+        policy(base_delay=0.2, max_delay=0.5, max_tries=4, failure_threshold=10), events=Recorder(), rand=rand
+    )
     assert r.call(Flaky(3)) == "ok"
     assert draws == [(0, 0.2), (0, 0.4), (0, 0.5)]
 

@@ -21,9 +21,10 @@ from photo_api.storage.errors import (
     StorageUnavailable,
 )
 from photo_api.storage.local import LocalStorage
+from photo_api.storage.swift import SwiftStorage
 
 # Config names a backend; an unknown name fails at boot (never a silent fallback).
-BACKENDS: dict[str, Callable[..., Storage]] = {"local": LocalStorage}
+BACKENDS: dict[str, Callable[..., Storage]] = {"local": LocalStorage, "swift": SwiftStorage}
 
 
 def build_storage(name: str, **kwargs: Any) -> Storage:
@@ -50,5 +51,6 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "StoredObject",
+    "SwiftStorage",
     "build_storage",
 ]

@@ -1,0 +1,103 @@
+"""Clients of external HTTP services (CDN auth tokens, Log & Crash), built from Settings in one place.
+
+Each client receives plain values and a `Resilient` made from `policy_from_settings`, so timeouts,
+retries and breakers are configured here and composed in `resilience.py` (STYLE rules 2, 6, 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import Settings
+from ..logs import ContextProvider
+from ..resilience import Events, Policy, Resilient, policy_for
+from .cdn import CdnTokens, CdnUnavailable, InvalidCdnPath
+from .logcrash import LogShipper
+
+
+def policy_from_settings(settings: Settings, service: str) -> Policy:
+    """The timeouts, retry and breaker settings of `service` ("cdn" or "log"), via `resilience.policy_for`.
+
+    "cdn" runs on the request path with a streaming fallback, so CDN_TIMEOUT is both the read timeout
+    of one attempt and the total deadline of the lookup: past it, the image is streamed instead. "log"
+    runs in the background, so its deadline leaves room for the whole retry budget (RETRY_MAX_TIME)
+    plus one last attempt (backoff's max_time is soft, research notes §5).
+    """
+    if service == "cdn":
+        return policy_for(settings, "cdn", read_timeout=settings.cdn_timeout)
+    if service == "log":
+        read_timeout = settings.log_service_timeout
+        deadline = settings.retry_max_time + settings.http_timeout_connect + read_timeout
+        return policy_for(settings, "log", read_timeout=read_timeout, deadline=deadline)
+    raise ValueError(f"no policy for service {service!r} (known: cdn, log)")
+
+
+def build_cdn_tokens(
+    settings: Settings, *, path_prefix: str | None = None, events: Events | None = None
+) -> CdnTokens | None:
+    """The CDN token client, or None when NHN_CDN_DOMAIN is not set (images are then always streamed).
+
+    `path_prefix` is the object's directory on the CDN; by default ``/{NHN_STORAGE_CONTAINER}``, for an
+    origin that is the storage account root (the replaced service's layout, nhn-apis.md §4 item 12).
+    """
+    if not settings.nhn_cdn_domain:
+        return None
+    assert settings.nhn_cdn_encrypt_key is not None, "config rule: a CDN domain needs the encrypt key"
+    if path_prefix is None:
+        path_prefix = f"/{settings.nhn_storage_container}" if settings.nhn_storage_container else ""
+    api = settings.cdn_token_mode == "api"
+    return CdnTokens(
+        domain=settings.nhn_cdn_domain,
+        encrypt_key=settings.nhn_cdn_encrypt_key.get_secret_value(),
+        mode=settings.cdn_token_mode,
+        app_key=settings.nhn_cdn_app_key,
+        secret_key=settings.nhn_cdn_secret_key.get_secret_value() if settings.nhn_cdn_secret_key else None,
+        api_url=settings.nhn_cdn_api_url,
+        resilient=Resilient(policy_from_settings(settings, "cdn"), events=events) if api else None,
+        path_prefix=path_prefix,
+        cache_size=settings.cdn_token_cache_size,
+    )
+
+
+def build_log_shipper(
+    settings: Settings,
+    *,
+    context: ContextProvider | None = None,
+    events: Events | None = None,
+    on_dropped: Callable[[str, int], None] | None = None,
+    on_depth: Callable[[int], None] | None = None,
+) -> LogShipper | None:
+    """The Log & Crash handler (not started), or None when NHN_LOG_URL/NHN_LOG_APPKEY are not set.
+
+    `context` adds the request's fields (request id, endpoint) to each record; `on_dropped(reason, n)`
+    and `on_depth(n)` are where metrics attach.
+    """
+    if not (settings.nhn_log_url and settings.nhn_log_appkey):
+        return None
+    static = {"service": settings.app_name, "node": settings.node_name, "region": settings.region or None}
+    return LogShipper(
+        url=settings.nhn_log_url,
+        appkey=settings.nhn_log_appkey,
+        project_version=settings.app_version,
+        host=settings.instance_id,
+        resilient=Resilient(policy_from_settings(settings, "log"), events=events),
+        queue_size=settings.log_queue_size,
+        batch_size=settings.log_batch_size,
+        flush_interval=settings.log_flush_interval,
+        level=settings.log_level,
+        context=context,
+        static_fields=static,
+        on_dropped=on_dropped,
+        on_depth=on_depth,
+    )
+
+
+__all__ = [
+    "CdnTokens",
+    "CdnUnavailable",
+    "InvalidCdnPath",
+    "LogShipper",
+    "build_cdn_tokens",
+    "build_log_shipper",
+    "policy_from_settings",
+]
