@@ -12,12 +12,13 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, SecretStr, ValidationError, field_validator
 
 ENV_FILE_VARIABLE = "PHOTO_API_ENV_FILE"
 DEFAULT_VAR_DIR = Path("var")
@@ -99,6 +100,10 @@ class Settings(BaseModel):
     nhn_storage_container: str | None = None
     nhn_storage_temp_url_key: SecretStr | None = None
     upload_url_expire_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # Bulkhead: concurrent storage calls per worker, and how long a call waits for a free slot before
+    # failing with 503, so a slow storage cannot hold every greenlet of the worker.
+    storage_max_concurrency: int = Field(default=20, ge=1, le=10_000)
+    storage_queue_timeout: float = Field(default=0.5, ge=0, le=60)
 
     # cdn
     nhn_cdn_domain: str | None = None
@@ -127,6 +132,9 @@ class Settings(BaseModel):
     cdn_timeout: float = Field(default=5, gt=0, le=120)
     log_service_timeout: float = Field(default=10, gt=0, le=300)
     health_check_timeout: float = Field(default=2, gt=0, le=60)
+    # How long one worker reuses its last database probe: every LB probing every second then costs at
+    # most one `SELECT 1` per worker per interval, however many LBs there are.
+    health_check_cache_seconds: float = Field(default=1, ge=0, le=60)
 
     # retries
     retry_max_tries: int = Field(default=3, ge=1, le=20)
@@ -138,6 +146,15 @@ class Settings(BaseModel):
     breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
     breaker_recovery_timeout: float = Field(default=30, gt=0, le=3600)
 
+    # per-service overrides of the retry and breaker values above (unset = the global value);
+    # resilience.policy_for() picks them up by name
+    storage_retry_max_tries: int | None = Field(default=None, ge=1, le=20)
+    storage_retry_max_time: float | None = Field(default=None, gt=0, le=600)
+    storage_retry_base_delay: float | None = Field(default=None, ge=0, le=60)
+    storage_retry_max_delay: float | None = Field(default=None, ge=0, le=600)
+    storage_breaker_failure_threshold: int | None = Field(default=None, ge=1, le=1000)
+    storage_breaker_recovery_timeout: float | None = Field(default=None, gt=0, le=3600)
+
     # lifecycle
     bind: str = "127.0.0.1:8000"
     drain_delay_seconds: float = Field(default=10, ge=0, le=600)
@@ -145,15 +162,29 @@ class Settings(BaseModel):
     workers: int | None = Field(default=None, ge=1, le=256)
     worker_connections: int = Field(default=1000, ge=1, le=100_000)
     keepalive: int = Field(default=75, ge=0, le=3600)
-    # What the load balancer in front is configured with; used only to check the values above.
+    # gunicorn's heartbeat: a worker whose event loop is blocked this long is killed (not a request timeout).
+    worker_timeout: int = Field(default=30, ge=1, le=3600)
+    # Recycle a worker after this many requests (plus up to the jitter), 0 = never; only for a leak.
+    max_requests: int = Field(default=0, ge=0, le=10_000_000)
+    max_requests_jitter: int = Field(default=0, ge=0, le=10_000_000)
+    # What the load balancer in front is configured with; used only to check the values above
+    # (ops/README.md derives one from the other).
     lb_health_check_timeout: float = Field(default=5, gt=0, le=120)
+    lb_health_check_interval: float = Field(default=2, gt=0, le=300)
+    lb_unhealthy_threshold: int = Field(default=2, ge=1, le=20)
     lb_idle_timeout: float = Field(default=60, ge=0, le=4000)
 
-    # metrics
+    # metrics (photo_api/metrics.py): served by the gunicorn master on METRICS_BIND_HOST:METRICS_PORT, never
+    # on the public port; loopback by default, so exposing it to Prometheus is a deliberate choice.
+    metrics_enabled: bool = True
     metrics_port: int = Field(default=9200, ge=1, le=65535)
+    metrics_bind_host: IPvAnyAddress = IPv4Address("127.0.0.1")
     prometheus_multiproc_dir: Path | None = None
     prometheus_pushgateway_url: str | None = None
     prometheus_push_interval_seconds: float = Field(default=30, ge=1, le=3600)
+    # How long the final push stays on the Pushgateway before the group is deleted at shutdown: at least
+    # Prometheus's scrape interval of the Pushgateway, or the last values are never scraped.
+    prometheus_push_linger_seconds: float = Field(default=15, ge=0, le=600)
 
     @field_validator("environment", "storage_backend", "cdn_token_mode", "log_level", mode="before")
     @classmethod
@@ -366,6 +397,25 @@ def _rule_graceful(s: Settings) -> Iterable[ConfigProblem]:
         )
 
 
+def _rule_drain(s: Settings) -> Iterable[ConfigProblem]:
+    # While draining, the probe answers 503 at once; the LB needs `threshold` failed probes, one per
+    # interval, to stop routing, plus one probe timeout of margin for a probe already under way and for
+    # the LB to apply its decision. The listeners close after the drain delay: anything the LB still
+    # sends then is refused or reset. Development has no LB in front, so a short delay is fine there.
+    needed = s.lb_health_check_interval * s.lb_unhealthy_threshold + s.lb_health_check_timeout
+    if s.is_production and s.drain_delay_seconds < needed:
+        yield _p(
+            "drain_delay_seconds",
+            f"must be at least LB_HEALTH_CHECK_INTERVAL x LB_UNHEALTHY_THRESHOLD + LB_HEALTH_CHECK_TIMEOUT "
+            f"(= {needed:g}s), or the load balancer still sends requests when the listeners close",
+        )
+
+
+def _rule_max_requests(s: Settings) -> Iterable[ConfigProblem]:
+    if s.max_requests == 0 and s.max_requests_jitter:
+        yield _p("max_requests_jitter", "only applies with MAX_REQUESTS > 0")
+
+
 def _rule_keepalive(s: Settings) -> Iterable[ConfigProblem]:
     if s.lb_idle_timeout and s.keepalive <= s.lb_idle_timeout:
         yield _p(
@@ -417,6 +467,17 @@ RULES: list[Rule] = [
     (("health_check_timeout", "lb_health_check_timeout"), _rule_health_timeout),
     (("graceful_timeout", "db_statement_timeout_ms"), _rule_graceful),
     (("keepalive", "lb_idle_timeout"), _rule_keepalive),
+    (
+        (
+            "environment",
+            "drain_delay_seconds",
+            "lb_health_check_interval",
+            "lb_unhealthy_threshold",
+            "lb_health_check_timeout",
+        ),
+        _rule_drain,
+    ),
+    (("max_requests", "max_requests_jitter"), _rule_max_requests),
     (("retry_max_delay", "retry_base_delay"), _rule_retries),
     ((), _rule_urls),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
-from .greenlets import deadline, is_green
+from .greenlets import deadline
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,11 @@ APPLICATION_NAME = "photo-api"
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 SLOW_QUERY_TEXT_LIMIT = 500
 SQLITE_BUSY_TIMEOUT_S = 5
+# The pool's pre-ping gets this share of HEALTH_CHECK_TIMEOUT: within one health probe a silent pooled
+# connection is then found out *and* one reconnect is tried, so the probe's result says "unreachable".
+PING_SHARE_OF_HEALTH_TIMEOUT = 0.5
+# While connects fail, how often one background attempt checks whether the database answers again.
+CONNECT_RETRY_INTERVAL_S = 1.0
 
 
 class Database:
@@ -29,7 +35,8 @@ class Database:
     def __init__(self, settings: Settings):
         assert settings.database_url, "development_defaults() fills DATABASE_URL before the app is built"
         self.url = settings.database_url
-        self.engine = make_engine(settings)
+        self.connect_gate = ConnectGate()
+        self.engine = make_engine(settings, self.connect_gate)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.slow_query_hooks: list[Callable[[float, str], None]] = []
         _install_slow_query_log(self.engine, settings.db_slow_query_ms / 1000, self.slow_query_hooks)
@@ -64,6 +71,7 @@ class Database:
 
     def dispose(self) -> None:
         """Close every pooled connection (shutdown)."""
+        self.connect_gate.close()
         self.engine.dispose()
 
 
@@ -75,14 +83,18 @@ def driver_url(url: str) -> str:
     return url
 
 
-def make_engine(settings: Settings) -> Engine:
-    """Create the engine for DATABASE_URL with the configured pool and timeouts."""
+def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
+    """Create the engine for DATABASE_URL with the configured pool and timeouts.
+
+    `gate` (PostgreSQL only) makes connects fail fast while the database is unreachable.
+    """
     url = make_url(driver_url(settings.database_url or ""))
     if url.get_backend_name() == "sqlite":
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
             pool_pre_ping=True,
+            hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
@@ -93,6 +105,9 @@ def make_engine(settings: Settings) -> Engine:
     )
     engine = create_engine(
         url,
+        # Error messages (logged with the traceback of a 500) would otherwise carry the bound values:
+        # share tokens, password hashes.
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
@@ -110,17 +125,109 @@ def make_engine(settings: Settings) -> Engine:
         },
     )
     connect_timeout = settings.db_connect_timeout
+    dbapi = engine.dialect.loaded_dbapi
 
     @event.listens_for(engine, "do_connect")
     def _connect_with_deadline(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
-        # With psycogreen, libpq connects asynchronously and `connect_timeout` is not applied, so a
-        # SYN-dropping host would hang the greenlet: bound it ourselves (research notes §6).
-        if not is_green():
-            return None
-        with deadline(connect_timeout, dialect.loaded_dbapi.OperationalError("connect timeout")):
-            return dialect.loaded_dbapi.connect(*cargs, **cparams)
+        def connect() -> Any:
+            # With psycogreen, libpq connects asynchronously and `connect_timeout` is not applied, so a
+            # SYN-dropping host would hang the greenlet: bound it ourselves (research notes §6).
+            with deadline(connect_timeout, dbapi.OperationalError(f"connect timeout ({connect_timeout:g}s)")):
+                return dbapi.connect(*cargs, **cparams)
 
+        return connect() if gate is None else gate.attempt(connect, dbapi.OperationalError)
+
+    _bound_pre_ping(engine, settings.health_check_timeout * PING_SHARE_OF_HEALTH_TIMEOUT)
     return engine
+
+
+class ConnectGate:
+    """Once a connect has failed, this process's connects fail at once until one in the background succeeds.
+
+    Without it, while the database host blackholes packets every request would wait the whole connect
+    deadline before its 503. With it, the request whose connect failed is the last one to wait: the
+    following ones get their 503 at once, without any I/O, while one background thread (a greenlet in a
+    gevent worker) tries to connect every `retry_interval`; its first success opens the gate again, so
+    the instance recovers within about `retry_interval` of the database coming back, with or without
+    traffic. It guards connection *establishment* only, below SQLAlchemy's pool; pooled connections
+    are checked by the (bounded) pre-ping. It lives here rather than in resilience.py because the pool's
+    `do_connect` event is the one place every new connection passes through.
+    """
+
+    def __init__(self, retry_interval: float = CONNECT_RETRY_INTERVAL_S) -> None:
+        self.retry_interval = retry_interval
+        self._failed_at: float | None = None
+        self._retrier: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    @property
+    def is_open(self) -> bool:
+        """True unless the last connect failed and no later one has succeeded."""
+        return self._failed_at is None
+
+    def attempt(self, connect: Callable[[], Any], unavailable: Callable[[str], Exception]) -> Any:
+        """Run `connect()`, or raise `unavailable(...)` at once while the database is known to be unreachable."""
+        if self._failed_at is not None:
+            raise unavailable(f"database unreachable (connect failing for {time.monotonic() - self._failed_at:.1f}s)")
+        try:
+            return connect()
+        except BaseException as exc:
+            # An outer deadline (the health probe's gevent.Timeout) ending the connect is a failed connect
+            # too; a greenlet being killed says nothing about the database.
+            if isinstance(exc, Exception) or type(exc).__name__ == "Timeout":
+                self._fail(connect)
+            raise
+
+    def close(self) -> None:
+        """Stop the background retries (the engine is being disposed)."""
+        self._closed.set()
+
+    def _fail(self, connect: Callable[[], Any]) -> None:
+        if self._failed_at is None:
+            self._failed_at = time.monotonic()
+            log.warning("database connect failed; failing fast until it answers again")
+        if self._retrier is None and not self._closed.is_set():
+            # A plain daemon thread: monkey-patched into a greenlet in a gevent worker.
+            self._retrier = threading.Thread(target=self._retry, args=(connect,), name="db-connect-retry", daemon=True)
+            self._retrier.start()
+
+    def _retry(self, connect: Callable[[], Any]) -> None:
+        while not self._closed.wait(self.retry_interval):
+            try:
+                connect().close()
+            except Exception:
+                continue
+            down_for = time.monotonic() - (self._failed_at or time.monotonic())
+            # In this order: a connect failing from here on finds no retrier and starts a new one.
+            self._retrier = None
+            self._failed_at = None
+            log.warning("database answers again", extra={"down_s": round(down_for, 1)})
+            return
+        self._retrier = None
+
+
+def _bound_pre_ping(engine: Engine, timeout: float) -> None:
+    """Give the pool's pre-ping a deadline, so a pooled connection to a silent host fails in `timeout`.
+
+    The ping is a `SELECT 1` on a connection the pool hands out: a database that answers takes
+    milliseconds, and one that does not answer within (half) the health check timeout is down for the
+    load balancer too. On timeout the connection is closed, so SQLAlchemy sees a disconnect,
+    invalidates every pooled connection and reconnects (through the ConnectGate) instead of hanging
+    until TCP keepalive gives up (about a minute).
+    """
+    dialect: Any = engine.dialect
+    ping = dialect.do_ping
+    dbapi = dialect.loaded_dbapi
+
+    def do_ping_with_deadline(dbapi_connection: Any) -> bool:
+        try:
+            with deadline(timeout, dbapi.OperationalError(f"ping timeout ({timeout:g}s)")):
+                return bool(ping(dbapi_connection))
+        except dbapi.OperationalError:
+            dbapi_connection.close()  # closed → SQLAlchemy's is_disconnect() is True → invalidate, reconnect
+            raise
+
+    dialect.do_ping = do_ping_with_deadline
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

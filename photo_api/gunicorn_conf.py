@@ -1,6 +1,9 @@
 """gunicorn configuration shipped with the package (`photo-api serve` and the systemd unit use it).
 
-Values come from the validated settings; the hooks apply psycogreen in each worker.
+Values come from the validated settings. The hooks below are the instance lifecycle (lifecycle.py):
+the shared draining page, the SIGTERM drain, psycogreen in each worker, and the shutdown hooks. Keep
+each hook a plain function that others can add a line to; which process runs each hook is in the
+research notes §1.3.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from photo_api import lifecycle
+from photo_api import lifecycle, metrics
 from photo_api.config import load_settings
 
 _settings = load_settings()
@@ -21,9 +24,13 @@ worker_connections = _settings.worker_connections
 # Longer than the load balancer's idle timeout, so the LB always closes an idle connection first.
 keepalive = _settings.keepalive
 # A heartbeat, not a request timeout: it only fires when a worker's event loop is blocked this long.
-timeout = 30
+timeout = _settings.worker_timeout
+# The budget of the requests in flight once the listeners have closed, i.e. *after* the drain delay.
 # gunicorn accepts whole seconds only (a float fails its validator and the master refuses to start).
 graceful_timeout = math.ceil(_settings.graceful_timeout)
+# Off by default; a recycled worker does not flip readiness (only the master's SIGTERM does).
+max_requests = _settings.max_requests
+max_requests_jitter = _settings.max_requests_jitter
 preload_app = False  # the app must be imported after gevent has patched the worker
 control_socket_disable = True
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -51,6 +58,13 @@ logconfig_dict: dict[str, Any] = {
 def on_starting(server: Any) -> None:
     """Master, before forking: create the page shared with every worker (readiness/drain state)."""
     lifecycle.init_shared_state()
+    metrics.master_starting(server, _settings)
+
+
+def when_ready(server: Any) -> None:
+    """Master, listeners open, before the first fork: take over SIGTERM for the drain."""
+    lifecycle.Drain(_settings.drain_delay_seconds).install(server)
+    metrics.master_ready(server)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -63,3 +77,29 @@ def post_fork(server: Any, worker: Any) -> None:
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()
+
+
+def post_worker_init(worker: Any) -> None:
+    """Worker, app loaded: register what this worker closes on its way out (see lifecycle.worker_shutdown)."""
+    runtime = worker.wsgi.extensions["photo_api"]
+    lifecycle.worker_shutdown.add("database pool", runtime.db.dispose)
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    """Worker, before each request: while draining, close the connection after this response."""
+    lifecycle.force_close_while_draining(req)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Worker, on its way out (graceful or quick stop, max_requests recycle; not SIGKILL): run its shutdown hooks."""
+    lifecycle.worker_shutdown.run()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Master, after a worker was reaped (any cause, SIGKILL included): forget its live metrics gauges."""
+    metrics.worker_exited(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Master, after every worker has exited: the last step before exit 0."""
+    lifecycle.master_shutdown.run()

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
+from flask.blueprints import BlueprintSetupState
 
-from .. import health, lifecycle
+from .. import health, lifecycle, metrics
 from ..models import utcnow
 from .common import runtime
 from .openapi import doc
 from .schemas import CheckOut, HealthOut, LivenessOut
 
 bp = Blueprint("health", __name__, url_prefix="/health")
+PROBE_KEY = "photo_api.health_probe"
+
+
+@bp.record_once
+def _create_probe(state: BlueprintSetupState) -> None:
+    # One probe per app, i.e. per worker: its result is shared by every LB probing this worker.
+    settings = state.app.extensions["photo_api"].settings
+    state.app.extensions[PROBE_KEY] = health.DatabaseProbe(
+        state.app.extensions["photo_api"].db, settings.health_check_timeout, settings.health_check_cache_seconds
+    )
 
 
 def _readiness() -> Response:
@@ -21,8 +32,9 @@ def _readiness() -> Response:
         "cdn": {"status": health.DISABLED if not rt.settings.nhn_cdn_domain else health.UNKNOWN, "circuit": "closed"},
     }
     report = health.readiness(
-        rt.db, rt.settings.health_check_timeout, draining=lifecycle.is_draining(), informational=informational
+        current_app.extensions[PROBE_KEY], draining=lifecycle.is_draining(), informational=informational
     )
+    metrics.health_report(report.ok, report.checks)
     body = HealthOut(
         status=report.status,  # type: ignore[arg-type]
         timestamp=report.timestamp,

@@ -14,6 +14,32 @@ from tests.e2e.server import ServeProcess
 StartServer = Callable[..., ServeProcess]
 
 
+def lifecycle_env(
+    drain_s: float,
+    graceful_s: int,
+    *,
+    check_interval_s: float = 0.5,
+    unhealthy_threshold: int = 2,
+    check_timeout_s: float = 1.0,
+    health_check_timeout_s: float = 0.5,
+) -> dict[str, str]:
+    """Settings for a short drain and graceful stop, with the load balancer values they must cover.
+
+    Production refuses DRAIN_DELAY_SECONDS below LB_HEALTH_CHECK_INTERVAL x LB_UNHEALTHY_THRESHOLD +
+    LB_HEALTH_CHECK_TIMEOUT, and GRACEFUL_TIMEOUT below the statement timeout: the values go together.
+    """
+    assert drain_s >= check_interval_s * unhealthy_threshold + check_timeout_s, "the config rule would refuse it"
+    return {
+        "DRAIN_DELAY_SECONDS": str(drain_s),
+        "GRACEFUL_TIMEOUT": str(graceful_s),
+        "DB_STATEMENT_TIMEOUT_MS": str(graceful_s * 1000),
+        "LB_HEALTH_CHECK_INTERVAL": str(check_interval_s),
+        "LB_UNHEALTHY_THRESHOLD": str(unhealthy_threshold),
+        "LB_HEALTH_CHECK_TIMEOUT": str(check_timeout_s),
+        "HEALTH_CHECK_TIMEOUT": str(health_check_timeout_s),
+    }
+
+
 @pytest.fixture
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database of this test alone, migrated to head; dropped afterwards."""

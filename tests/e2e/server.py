@@ -80,6 +80,28 @@ def child_pids(pid: int) -> list[int]:
     return sorted(children)
 
 
+def _tcp_inode(local_port: int, remote_port: int) -> int | None:
+    """The inode of the IPv4 loopback socket with these ports, from /proc/net/tcp (None if there is none)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], int(fields[9])
+        if int(local.split(":")[1], 16) == local_port and int(remote.split(":")[1], 16) == remote_port and inode:
+            return inode
+    return None
+
+
+def pid_holding_socket(pids: Sequence[int], inode: int) -> int | None:
+    """Which of `pids` has the socket `inode` open, read from /proc/<pid>/fd (None if none of them)."""
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        with contextlib.suppress(OSError):  # the process ended while we looked
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == target:
+                        return pid
+    return None
+
+
 class ServeError(RuntimeError):
     """The server did not start or stop as expected; the message ends with the tail of its log."""
 
@@ -180,6 +202,22 @@ class ServeProcess:
     def worker_pids(self) -> list[int]:
         """The pids of the master's current worker processes."""
         return child_pids(self.master_pid)
+
+    def worker_serving(self, client: socket.socket) -> int | None:
+        """The pid of the worker that accepted the client socket `client` (a connection to this server)."""
+        inode = _tcp_inode(self.port, client.getsockname()[1])
+        return None if inode is None else pid_holding_socket(self.worker_pids(), inode)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the master only, without waiting."""
+        os.kill(self.master_pid, sig)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to `timeout` seconds for the master to exit; its exit code, or None if still running."""
+        try:
+            return self._started().wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def is_running(self) -> bool:
         """True while the master has not exited."""

@@ -1,0 +1,205 @@
+"""Lifecycle pieces that need no gunicorn: the shared DB probe, the connect gate, shutdown hooks, settings.
+
+The drain itself (signals, listeners, timing) is shown with real processes in tests/e2e/.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from photo_api.config import ConfigError, Settings, load_settings
+from photo_api.db import ConnectGate, Database
+from photo_api.health import HEALTHY, DatabaseProbe
+from photo_api.lifecycle import ShutdownHooks
+from tests.conftest import TEST_SECRET
+
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "DATABASE_URL": "postgresql://photo_api@db.example:5432/photo_api",
+    "JWT_SECRET_KEY": TEST_SECRET,
+    "LOCAL_STORAGE_DIR": "/srv/photos",
+}
+RETRY_S = 0.05
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ---------------------------------------------------------------- the shared database probe
+
+
+def test_probe_result_is_shared_for_max_age(settings: Settings) -> None:
+    db = Database(settings)
+    clock = Clock()
+    probe = DatabaseProbe(db, timeout=2, max_age=1.0, clock=clock)
+    try:
+        assert probe.last() is None
+        first = probe.check()
+        assert first["status"] == HEALTHY and first["latency_ms"] >= 0
+        clock.now += 0.9
+        assert [probe.check() for _ in range(10)] == [first] * 10
+        assert probe.runs == 1  # ten probes from the load balancers, one query
+        clock.now += 0.2
+        probe.check()
+        assert probe.runs == 2
+        assert probe.last() is not None
+    finally:
+        db.dispose()
+
+
+def test_probe_with_no_cache_probes_every_time(settings: Settings) -> None:
+    db = Database(settings)
+    probe = DatabaseProbe(db, timeout=2, max_age=0)
+    try:
+        for _ in range(3):
+            probe.check()
+        assert probe.runs == 3
+    finally:
+        db.dispose()
+
+
+# ---------------------------------------------------------------- the connect gate
+
+
+class FlakyConnect:
+    """A connect function that fails while `down` is set; counts its calls."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        if self.down:
+            raise ConnectionRefusedError("down")
+        return self
+
+    def close(self) -> None:
+        """What the gate calls on the probe connection it made in the background."""
+
+
+def unavailable(message: str) -> Exception:
+    return RuntimeError(message)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_gate_fails_fast_after_a_failed_connect_and_reopens_by_itself() -> None:
+    gate = ConnectGate(retry_interval=RETRY_S)
+    connect = FlakyConnect()
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            gate.attempt(connect, unavailable)
+        assert not gate.is_open
+        calls = connect.calls
+        started = time.perf_counter()
+        with pytest.raises(RuntimeError, match="database unreachable"):
+            gate.attempt(connect, unavailable)
+        assert time.perf_counter() - started < 0.01
+        assert connect.calls == calls  # rejected without trying: no I/O while the gate is closed
+
+        time.sleep(RETRY_S * 3)
+        assert connect.calls > calls  # the background retries keep trying while it is down
+        assert not gate.is_open
+        connect.down = False
+        wait_until(lambda: gate.is_open)  # recovered with no request at all
+        assert gate.attempt(connect, unavailable) is connect
+    finally:
+        gate.close()
+
+
+def test_gate_stops_retrying_once_closed() -> None:
+    gate = ConnectGate(retry_interval=RETRY_S)
+    connect = FlakyConnect()
+    with pytest.raises(ConnectionRefusedError):
+        gate.attempt(connect, unavailable)
+    gate.close()
+    time.sleep(RETRY_S * 2)
+    calls = connect.calls
+    time.sleep(RETRY_S * 3)
+    assert connect.calls == calls
+    assert not [t for t in threading.enumerate() if t.name == "db-connect-retry"]
+
+
+def test_gate_ignores_a_killed_caller() -> None:
+    gate = ConnectGate(retry_interval=RETRY_S)
+
+    def interrupted() -> Any:
+        raise KeyboardInterrupt  # like GreenletExit: says nothing about the database
+
+    with pytest.raises(KeyboardInterrupt):
+        gate.attempt(interrupted, unavailable)
+    assert gate.is_open
+    gate.close()
+
+
+# ---------------------------------------------------------------- shutdown hooks
+
+
+def test_shutdown_hooks_run_once_in_order_and_survive_a_failure() -> None:
+    ran: list[str] = []
+    hooks = ShutdownHooks("worker")
+    hooks.add("pool", lambda: ran.append("pool"))
+    hooks.add("broken", lambda: 1 / 0 and None)
+    hooks.add("logs", lambda: ran.append("logs"))
+    hooks.run()
+    hooks.run()
+    assert ran == ["pool", "logs"]
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_production_drain_must_cover_the_load_balancer() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={**PRODUCTION, "DRAIN_DELAY_SECONDS": "5"})
+    assert info.value.settings_named() == {"DRAIN_DELAY_SECONDS"}
+    assert "= 9s" in str(info.value)  # 2 s x 2 + 5 s with the default LB values
+
+    settings = load_settings(
+        environ={
+            **PRODUCTION,
+            "DRAIN_DELAY_SECONDS": "2",
+            "LB_HEALTH_CHECK_INTERVAL": "0.5",
+            "LB_UNHEALTHY_THRESHOLD": "2",
+            "LB_HEALTH_CHECK_TIMEOUT": "1",
+            "HEALTH_CHECK_TIMEOUT": "0.5",
+            "GRACEFUL_TIMEOUT": "3",
+            "DB_STATEMENT_TIMEOUT_MS": "3000",
+        }
+    )
+    assert (settings.drain_delay_seconds, settings.graceful_timeout) == (2, 3)
+
+
+def test_development_may_drain_briefly() -> None:
+    assert load_settings(environ={"DRAIN_DELAY_SECONDS": "0"}).drain_delay_seconds == 0
+
+
+def test_defaults_are_consistent_in_production() -> None:
+    settings = load_settings(environ=PRODUCTION)
+    needed = settings.lb_health_check_interval * settings.lb_unhealthy_threshold + settings.lb_health_check_timeout
+    assert settings.drain_delay_seconds >= needed
+    assert settings.max_requests == 0
+
+
+def test_max_requests_jitter_needs_max_requests() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"MAX_REQUESTS_JITTER": "100"})
+    assert info.value.settings_named() == {"MAX_REQUESTS_JITTER"}
