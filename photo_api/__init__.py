@@ -16,7 +16,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # config) before gevent patches the workers, and must not pull in ssl/requests that early.
     from flask import Flask
 
-    from . import api
+    from . import api, metrics
     from .config import development_defaults, load_settings
     from .logs import configure_logging
     from .runtime import Runtime
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         static={"service": settings.app_name, "version": settings.app_version, "instance": settings.instance_id},
         context=api.log_context,
     )
+    metrics.init_app(app, runtime)  # before the API's hooks: it times all of them
     api.init_app(app, runtime)
     return app
 
