@@ -14,6 +14,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app: validate settings (raising ConfigError with every problem), wire, register routes."""
     # Imported here, not at module level: the gunicorn master imports this package (for lifecycle and
     # config) before gevent patches the workers, and must not pull in ssl/requests that early.
+    import logging
+
     from flask import Flask
 
     from . import api, metrics
@@ -41,6 +43,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     metrics.init_app(app, runtime)  # before the API's hooks: it times all of them
     api.init_app(app, runtime)
+    if runtime.log_shipper is not None:
+        # Every record of the process also goes to Log & Crash, from a bounded queue drained in the
+        # background (a greenlet under gevent): logging never waits on the network.
+        runtime.log_shipper.install(logging.getLogger())
     return app
 
 

@@ -30,6 +30,8 @@ KNOWN_DEFAULT_SECRETS = frozenset(
     {"", "secret", "changeme", "change-me", "your-secret-key", "your-secret-key-here", "dev", "development"}
 )
 MIN_SECRET_BYTES = 32
+MIN_PRODUCTION_HASH_MEMORY_KIB = 19_456
+MIN_PRODUCTION_HASH_TIME_COST = 2
 SECRET_FIELDS = frozenset(
     {
         "jwt_secret_key",
@@ -87,6 +89,10 @@ class Settings(BaseModel):
     jwt_secret_key: SecretStr | None = None
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     access_token_expire_minutes: int = Field(default=30, ge=1, le=60 * 24 * 30)
+    # argon2id cost; the defaults are RFC 9106's second recommendation (argon2-cffi's own defaults).
+    password_hash_time_cost: int = Field(default=3, ge=1, le=20)
+    password_hash_memory_kib: int = Field(default=65_536, ge=8, le=4 * 1024 * 1024)
+    password_hash_parallelism: int = Field(default=4, ge=1, le=64)
 
     # storage
     storage_backend: Literal["local", "swift"] = "local"
@@ -308,6 +314,14 @@ def _rule_jwt(s: Settings) -> Iterable[ConfigProblem]:
         yield _p("jwt_secret_key", f"must be at least {MIN_SECRET_BYTES} bytes in production")
 
 
+def _rule_password_hash(s: Settings) -> Iterable[ConfigProblem]:
+    # OWASP's floor for argon2id (m=19 MiB, t=2); cheaper settings exist only to keep test suites quick.
+    if s.is_production and s.password_hash_memory_kib < MIN_PRODUCTION_HASH_MEMORY_KIB:
+        yield _p("password_hash_memory_kib", f"must be at least {MIN_PRODUCTION_HASH_MEMORY_KIB} in production")
+    if s.is_production and s.password_hash_time_cost < MIN_PRODUCTION_HASH_TIME_COST:
+        yield _p("password_hash_time_cost", f"must be at least {MIN_PRODUCTION_HASH_TIME_COST} in production")
+
+
 def _rule_database_url(s: Settings) -> Iterable[ConfigProblem]:
     # Parsed with urlsplit, not SQLAlchemy: the gunicorn master validates settings before gevent patches
     # the workers and must not import SQLAlchemy (which imports asyncio and ssl) that early.
@@ -456,6 +470,7 @@ def _is_http_url(value: str) -> bool:
 # Each rule names the fields it reads, so that it is skipped when one of them already failed its own check.
 RULES: list[Rule] = [
     (("environment", "jwt_secret_key"), _rule_jwt),
+    (("environment", "password_hash_memory_kib", "password_hash_time_cost"), _rule_password_hash),
     (("database_url",), _rule_database_url),
     (("environment", "database_url"), _rule_production_database),
     (("environment", "debug"), _rule_debug),

@@ -79,9 +79,16 @@ def post_fork(server: Any, worker: Any) -> None:
     patch_psycopg()
 
 
+LOG_FLUSH_ON_EXIT_S = 5.0
+
+
 def post_worker_init(worker: Any) -> None:
     """Worker, app loaded: register what this worker closes on its way out (see lifecycle.worker_shutdown)."""
     runtime = worker.wsgi.extensions["photo_api"]
+    shipper = runtime.log_shipper
+    if shipper is not None:
+        # First, so that the lines the other hooks log still reach Log & Crash; bounded (TimeoutStopSec budget).
+        lifecycle.worker_shutdown.add("log queue", lambda: shipper.close(timeout=LOG_FLUSH_ON_EXIT_S))
     lifecycle.worker_shutdown.add("database pool", runtime.db.dispose)
 
 

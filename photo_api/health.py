@@ -98,3 +98,28 @@ def readiness(probe: DatabaseProbe, *, draining: bool, informational: dict[str, 
     database = probe.check()
     status = "healthy" if database["status"] == HEALTHY else "unhealthy"
     return HealthReport(status=status, timestamp=utcnow(), checks={"database": database, **informational})
+
+
+def _from_circuit(circuit: str) -> dict[str, Any]:
+    status = {"closed": HEALTHY, "open": UNHEALTHY}.get(circuit, UNKNOWN)
+    return {"status": status, "circuit": circuit}
+
+
+def storage_status(storage: Any) -> dict[str, Any]:
+    """Object storage as the probe reports it, without network I/O: from its circuit breaker when it has
+    one (Swift), else from its cheap local check (LocalStorage: the directory is usable)."""
+    circuit = getattr(storage, "breaker_state", None)
+    if isinstance(circuit, str):
+        return _from_circuit(circuit)
+    try:
+        storage.check()
+    except Exception:
+        return {"status": UNHEALTHY, "circuit": "closed"}
+    return {"status": HEALTHY, "circuit": "closed"}
+
+
+def cdn_status(cdn: Any) -> dict[str, Any]:
+    """The CDN token client's state: disabled when no CDN is configured, else from its circuit breaker."""
+    if cdn is None:
+        return {"status": DISABLED, "circuit": "closed"}
+    return _from_circuit(str(cdn.breaker_state))

@@ -505,21 +505,6 @@ def _outcome(exc: BaseException) -> str:
     return "error" if isinstance(exc, Exception) else "cancelled"
 
 
-@contextlib.contextmanager
-def external_request(service: str, operation: str) -> Iterator[None]:
-    """Time one outbound call (wrap `Resilient.call`); the outcome comes from how the block ends."""
-    started = time.perf_counter()
-    outcome = "ok"
-    try:
-        yield
-    except BaseException as exc:
-        outcome = _outcome(exc)
-        raise
-    finally:
-        if _catalogue is not None:
-            _catalogue.external_duration.labels(service, operation, outcome).observe(time.perf_counter() - started)
-
-
 class ResilienceMetrics:
     """`resilience.Events` that record retries, give-ups, rejections and breaker state, then pass each on.
 
@@ -561,6 +546,12 @@ class ResilienceMetrics:
         if _catalogue is not None:
             _catalogue.breaker_rejected.labels(service).inc()
         self.inner.rejected(service)
+
+    def finished(self, service: str, operation: str, exc: BaseException | None, seconds: float) -> None:
+        """One logical outbound call ended (`exc` None when it succeeded): its duration by outcome."""
+        if _catalogue is not None:
+            outcome = "ok" if exc is None else _outcome(exc)
+            _catalogue.external_duration.labels(service, operation, outcome).observe(seconds)
 
 
 # -- the multiprocess directory (`photo-api serve`, gunicorn master) ---------------------------------------

@@ -303,14 +303,30 @@ class Resilient:
         *args: Any,
         idempotent: bool = True,
         deadline_s: float | None = None,
+        operation: str = "call",
         **kwargs: Any,
     ) -> T:
         """Run `fn(*args, **kwargs)` under the policy; raise DependencyUnavailable when it cannot succeed.
 
         Non-idempotent calls (a POST that creates something) get one attempt: a retry could do it twice.
         `deadline_s` replaces the policy's deadline for this call (one dependency, one breaker, but an
-        upload may need a longer budget than a HEAD).
+        upload may need a longer budget than a HEAD). `operation` names the call for the events' timing
+        (a small fixed vocabulary: get, put, head, delete, auth, token, ship).
         """
+        finished = getattr(self.events, "finished", None)
+        if finished is None:
+            return self._call(fn, args, kwargs, idempotent, deadline_s)
+        started = time.perf_counter()
+        outcome: BaseException | None = None
+        try:
+            return self._call(fn, args, kwargs, idempotent, deadline_s)
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            finished(self.policy.service, operation, outcome, time.perf_counter() - started)
+
+    def _call(self, fn: Callable[..., T], args: Any, kwargs: Any, idempotent: bool, deadline_s: float | None) -> T:
         policy = self.policy
         total = policy.deadline if deadline_s is None else deadline_s
 

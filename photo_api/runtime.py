@@ -7,6 +7,10 @@ import hmac
 from dataclasses import dataclass, replace
 from typing import Any
 
+from argon2 import PasswordHasher
+
+from . import metrics
+from .clients import CdnTokens, LogShipper, build_cdn_tokens, build_log_shipper
 from .config import Settings
 from .db import Database
 from .resilience import policy_for
@@ -23,6 +27,8 @@ class Runtime:
     passwords: Passwords
     tokens: Tokens
     storage: Storage
+    cdn: CdnTokens | None = None  # None: no CDN configured, images are streamed
+    log_shipper: LogShipper | None = None  # None: Log & Crash shipping off (built here, started by create_app)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -32,13 +38,26 @@ class Runtime:
         return cls(
             settings=settings,
             db=Database(settings),
-            passwords=Passwords(),
+            passwords=Passwords(
+                PasswordHasher(
+                    time_cost=settings.password_hash_time_cost,
+                    memory_cost=settings.password_hash_memory_kib,
+                    parallelism=settings.password_hash_parallelism,
+                )
+            ),
             tokens=Tokens(
                 secret,
                 settings.jwt_algorithm,
                 settings.access_token_expire_minutes * 60,
             ),
             storage=_build_storage(settings, secret),
+            cdn=build_cdn_tokens(settings, events=metrics.ResilienceMetrics("cdn")),
+            log_shipper=build_log_shipper(
+                settings,
+                events=metrics.ResilienceMetrics("log"),
+                on_dropped=lambda _reason, n: metrics.log_dropped(n),
+                on_depth=metrics.log_queue_depth,
+            ),
         )
 
 
@@ -47,6 +66,8 @@ def _build_storage(settings: Settings, secret: str) -> Storage:
         assert settings.local_storage_dir is not None, "development_defaults() provides a directory"
         # A key of its own for upload URLs, derived so that operators manage one secret only.
         signing_key = hmac.new(secret.encode(), b"photo-api local upload url", hashlib.sha256).digest()
+        # Created at start, so that an unusable directory shows in /health at once, not at the first upload.
+        settings.local_storage_dir.mkdir(parents=True, exist_ok=True)
         return build_storage("local", root=settings.local_storage_dir, signing_key=signing_key)
     if settings.storage_backend == "swift":
         return build_storage("swift", **swift_storage_options(settings))
@@ -78,4 +99,5 @@ def swift_storage_options(settings: Settings) -> dict[str, Any]:
         "check_timeout": settings.health_check_timeout,
         "max_concurrency": settings.storage_max_concurrency,
         "queue_timeout": settings.storage_queue_timeout,
+        "events": metrics.ResilienceMetrics("storage"),
     }

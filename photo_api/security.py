@@ -25,8 +25,15 @@ class Passwords:
     def __init__(self, hasher: PasswordHasher | None = None):
         # argon2-cffi's defaults are RFC 9106's low-memory profile (t=3, m=64 MiB, p=4).
         self._hasher = hasher or PasswordHasher()
-        # Verified when the e-mail is unknown, so that answer takes as long as a wrong password.
-        self._dummy_hash = self._hasher.hash("dummy password for timing equalisation")
+        self._dummy: str | None = None
+
+    @property
+    def _dummy_hash(self) -> str:
+        # Verified when the e-mail is unknown, so that answer takes as long as a wrong password; made on
+        # first use with the configured cost, so that both answers cost the same.
+        if self._dummy is None:
+            self._dummy = self._hasher.hash("dummy password for timing equalisation")
+        return self._dummy
 
     def hash(self, password: str) -> str:
         """Hash a password (argon2 never truncates, unlike bcrypt's 72 bytes)."""

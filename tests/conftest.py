@@ -122,6 +122,10 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "jwt_secret_key": TEST_SECRET,
             "local_storage_dir": str(tmp_path / "storage"),
             "log_level": "WARNING",
+            # Cheap argon2 so hundreds of registrations stay fast; the timing test sets production costs.
+            "password_hash_time_cost": 1,
+            "password_hash_memory_kib": 1024,
+            "password_hash_parallelism": 1,
         }
         values.update(overrides)
         return load_settings(environ={}, **values)

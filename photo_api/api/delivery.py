@@ -7,11 +7,18 @@ import re
 
 from flask import Response, request
 
+from .. import metrics
+from ..clients import CdnUnavailable
 from ..errors import NotFound, RangeNotSatisfiable
+from ..models import Photo
+from ..services import photos
 from ..storage import ObjectNotFound, Storage
 from ..storage import RangeNotSatisfiable as StorageRangeNotSatisfiable
 
 log = logging.getLogger(__name__)
+
+# The redirect's Location carries an expiring token: no cache may keep it past the token's life.
+CDN_REDIRECT_CACHE_CONTROL = "private, no-store"
 
 _SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # More digits than any object size needs; int() refuses strings past 4300 digits, and a longer
@@ -84,4 +91,38 @@ def send_object(
         headers["Content-Range"] = f"bytes {reader.start}-{reader.end}/{reader.obj.size}"
     response = Response(iter(reader), status=status, mimetype=content_type, headers=headers, direct_passthrough=True)
     response.call_on_close(reader.close)  # also when the client goes away mid-stream
+    return response
+
+
+def deliver_image(photo: Photo, *, token_seconds: int, cache_control: str = "private") -> Response:
+    """A photo's bytes: 302 to a signed CDN URL when a CDN is configured and answering, else streamed.
+
+    The CDN is an optimisation, never a dependency: when its token API fails or its circuit is open
+    the image is streamed from storage instead (counted as a fallback).
+    """
+    from .common import runtime
+
+    rt = runtime()
+    if rt.cdn is not None:
+        try:
+            url = rt.cdn.signed_url(photo.filename, token_seconds)
+        except CdnUnavailable as exc:
+            metrics.fallback("cdn")
+            log.warning("CDN unavailable, streaming instead", extra={"reason": exc.reason, "photo_id": photo.id})
+        else:
+            metrics.image_delivery("cdn", "ok")
+            return Response(status=302, headers={"Location": url, "Cache-Control": CDN_REDIRECT_CACHE_CONTROL})
+    try:
+        response = send_object(
+            rt.storage,
+            key=photo.filename,
+            content_type=photo.content_type,
+            etag=photos.image_etag(rt.storage, photo),
+            size=photo.file_size,
+            cache_control=cache_control,
+        )
+    except Exception as exc:
+        metrics.image_delivery("stream", metrics.delivery_result(getattr(exc, "status", 500)))
+        raise
+    metrics.image_delivery("stream", metrics.delivery_result(response.status_code))
     return response

@@ -26,10 +26,10 @@ def _create_probe(state: BlueprintSetupState) -> None:
 
 def _readiness() -> Response:
     rt = runtime()
+    # Storage and CDN never fail the probe: one broken dependency must not empty the whole fleet.
     informational = {
-        # Storage and CDN never fail the probe: one broken dependency must not empty the whole fleet.
-        "object_storage": {"status": health.UNKNOWN, "circuit": "closed"},
-        "cdn": {"status": health.DISABLED if not rt.settings.nhn_cdn_domain else health.UNKNOWN, "circuit": "closed"},
+        "object_storage": health.storage_status(rt.storage),
+        "cdn": health.cdn_status(rt.cdn),
     }
     report = health.readiness(
         current_app.extensions[PROBE_KEY], draining=lifecycle.is_draining(), informational=informational

@@ -11,13 +11,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.multipart import Data, Epilogue, Event, File, MultipartDecoder, NeedData, Preamble
 from werkzeug.sansio.multipart import Field as FormField
 
+from .. import metrics
 from ..errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
 from ..images import ALLOWED_IMAGE_TYPES
-from ..models import Photo
 from ..services import photos
 from ..storage import CHUNK_SIZE, StoredObject
 from .common import auth_required, current_user, db_session, json_body, query_args, respond, runtime, validation_errors
-from .delivery import send_object
+from .delivery import deliver_image
 from .openapi import doc
 from .schemas import Description, Pagination, PhotoOut, Title
 
@@ -257,22 +257,6 @@ def _receive_file(upload: _Upload, body: _PartBody, owner_id: int, event: FormFi
         body.drain()
 
 
-def deliver_image(photo: Photo) -> Response:
-    """Answer a request for a photo's bytes: streamed from storage, with ETag/304 and Range/206.
-
-    This is where the CDN redirect goes (a later issue): 302 to a signed CDN URL when a CDN is
-    configured and its circuit is closed, streaming as the fallback. Today there is no CDN, so it streams.
-    """
-    storage = runtime().storage
-    return send_object(
-        storage,
-        key=photo.filename,
-        content_type=photo.content_type,
-        etag=photos.image_etag(storage, photo),
-        size=photo.file_size,
-    )
-
-
 @bp.post("")
 @doc(
     "Upload a photo",
@@ -288,19 +272,21 @@ def upload_photo() -> Response:
     # A slow client may take minutes to send the body: hand the DB connection back to the pool meanwhile
     # (it would also hit PostgreSQL's idle-in-transaction timeout); the row step takes a fresh one.
     db_session().close()
-    upload = _receive_upload(owner_id)
-    assert upload.image is not None  # _receive_upload raises unless a file was stored
-    form = upload.form
-    photo = photos.create_photo(
-        db_session(),
-        runtime().storage,
-        owner_id=owner_id,
-        image=upload.image,
-        client_filename=upload.filename,
-        title=form.title,
-        description=form.description,
-        album_id=form.album_id,
-    )
+    with metrics.upload_attempt("multipart") as attempt:
+        upload = _receive_upload(owner_id)
+        assert upload.image is not None  # _receive_upload raises unless a file was stored
+        form = upload.form
+        photo = photos.create_photo(
+            db_session(),
+            runtime().storage,
+            owner_id=owner_id,
+            image=upload.image,
+            client_filename=upload.filename,
+            title=form.title,
+            description=form.description,
+            album_id=form.album_id,
+        )
+        attempt.stored(photo.file_size)
     return respond(PhotoOut.model_validate(photo), 201)
 
 
@@ -368,4 +354,4 @@ def delete_photo(photo_id: int) -> Response:
 @auth_required
 def photo_image(photo_id: int) -> Response:
     photo = photos.get_photo(db_session(), owner_id=current_user().id, photo_id=photo_id)
-    return deliver_image(photo)
+    return deliver_image(photo, token_seconds=runtime().settings.image_token_expire_seconds)

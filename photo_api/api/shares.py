@@ -8,11 +8,12 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 from pydantic import Field
 
+from .. import metrics
 from ..config import Settings
 from ..models import ShareLink
-from ..services import photos, shares
+from ..services import shares
 from .common import auth_required, current_user, db_session, json_body, respond, runtime
-from .delivery import send_object
+from .delivery import deliver_image
 from .openapi import doc
 from .schemas import Request, SharedAlbumOut, SharedPhotoOut, ShareLinkOut
 
@@ -124,6 +125,7 @@ def revoke_share(album_id: int, share_id: int) -> Response:
 )
 def view_shared_album(token: str) -> Response:
     shared = shares.view_shared_album(db_session(), token)
+    metrics.share_view()
     album = shared.album
     shared_photos = [
         SharedPhotoOut(
@@ -158,12 +160,8 @@ def view_shared_album(token: str) -> Response:
 )
 def shared_photo_image(token: str, photo_id: int) -> Response:
     photo = shares.shared_photo(db_session(), token, photo_id)
-    storage = runtime().storage
-    return send_object(
-        storage,
-        key=photo.filename,
-        content_type=photo.content_type,
-        etag=photos.image_etag(storage, photo),
-        size=photo.file_size,
+    return deliver_image(
+        photo,
+        token_seconds=runtime().settings.share_image_token_expire_seconds,
         cache_control=SHARED_IMAGE_CACHE_CONTROL,
     )

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, request
 from flask.sansio.blueprints import BlueprintSetupState
 from pydantic import BaseModel, Field, StringConstraints
 
+from .. import metrics
 from ..errors import Unauthorized
 from ..images import ALLOWED_IMAGE_TYPES
 from ..services import uploads
@@ -121,13 +122,16 @@ def presign() -> Response:
 def confirm() -> Response:
     data = json_body(ConfirmIn)
     rt = runtime()
-    photo = uploads.confirm(
-        db_session(),
-        rt.storage,
-        owner_id=current_user().id,
-        photo_id=data.photo_id,
-        max_upload_bytes=rt.settings.max_upload_bytes,
-    )
+    # A presigned upload is counted when it is confirmed (a repeated confirm counts again).
+    with metrics.upload_attempt("presigned") as attempt:
+        photo = uploads.confirm(
+            db_session(),
+            rt.storage,
+            owner_id=current_user().id,
+            photo_id=data.photo_id,
+            max_upload_bytes=rt.settings.max_upload_bytes,
+        )
+        attempt.stored(photo.file_size)
     return respond(PhotoOut.model_validate(photo))
 
 

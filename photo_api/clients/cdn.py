@@ -247,7 +247,7 @@ class CdnTokens:
         assert self._resilient is not None
         try:
             # Issuing a token has no side effect, so retrying the POST is safe.
-            return self._resilient.call(self._request_token, path, duration, idempotent=True)
+            return self._resilient.call(self._request_token, path, duration, idempotent=True, operation="token")
         except DependencyUnavailable as exc:
             raise CdnUnavailable(exc.reason, exc.retry_after) from exc
         except CdnApiError as exc:

@@ -454,7 +454,7 @@ class LogShipper(logging.Handler):
     def _ship(self, batch: list[_Entry]) -> None:
         for chunk in self._chunks(batch):
             try:
-                results = self.resilient.call(self._post, chunk, idempotent=True)
+                results = self.resilient.call(self._post, chunk, idempotent=True, operation="ship")
             except DependencyUnavailable as exc:
                 self._drop("unavailable", len(chunk))
                 log.warning("log collector unavailable: batch dropped", extra={"count": len(chunk), "why": exc.reason})

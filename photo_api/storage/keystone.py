@@ -152,7 +152,7 @@ class TokenSource:
         attempt = self._keystone_v2 if self._credentials.version == "2" else self._swift_v1
         try:
             # Auth has no side effects, so it is retried like any idempotent call.
-            return self._resilient.call(attempt, idempotent=True)
+            return self._resilient.call(attempt, idempotent=True, operation="auth")
         except DependencyUnavailable as exc:
             raise StorageUnavailable(
                 f"storage auth service unavailable ({exc.reason})", retry_after=exc.retry_after

@@ -233,7 +233,7 @@ class SwiftStorage:
             )
 
         try:
-            response = self._request(send, idempotent=body.replayable, deadline=self._upload_timeout)
+            response = self._request(send, "put", idempotent=body.replayable, deadline=self._upload_timeout)
         except _SourceError as exc:
             raise exc.original from None
         with response:
@@ -270,7 +270,7 @@ class SwiftStorage:
                 stream=True,
             )
 
-        response = self._request(send, idempotent=True, deadline=self._policy.deadline)
+        response = self._request(send, "get", idempotent=True, deadline=self._policy.deadline)
         try:
             status = response.status_code
             if status == 404:
@@ -309,7 +309,7 @@ class SwiftStorage:
                 self._object_url(token, key), headers={"X-Auth-Token": token.id}, timeout=self._policy.timeout
             )
 
-        with self._request(send, idempotent=True, deadline=self._policy.deadline) as response:
+        with self._request(send, "head", idempotent=True, deadline=self._policy.deadline) as response:
             if response.status_code == 404:
                 raise ObjectNotFound(key)
             if response.status_code != 200:
@@ -325,7 +325,7 @@ class SwiftStorage:
                 self._object_url(token, key), headers={"X-Auth-Token": token.id}, timeout=self._policy.timeout
             )
 
-        with self._request(send, idempotent=True, deadline=self._policy.deadline) as response:
+        with self._request(send, "delete", idempotent=True, deadline=self._policy.deadline) as response:
             if response.status_code not in (200, 204, 404):
                 _unexpected(response, f"delete of {key!r}")
 
@@ -358,7 +358,7 @@ class SwiftStorage:
             )
 
         # One attempt: the health check must answer within its own budget.
-        with self._request(send, idempotent=False, deadline=self._check_timeout) as response:
+        with self._request(send, "check", idempotent=False, deadline=self._check_timeout) as response:
             if response.status_code not in (200, 204, 404):
                 raise StorageUnavailable(f"object storage answered the health check with HTTP {response.status_code}")
 
@@ -391,25 +391,31 @@ class SwiftStorage:
     # ------------------------------------------------------------------ plumbing
 
     def _request(
-        self, send: Callable[[Token], requests.Response], *, idempotent: bool, deadline: float
+        self, send: Callable[[Token], requests.Response], operation: str, *, idempotent: bool, deadline: float
     ) -> requests.Response:
         """One logical request: bulkhead slot, token, resilience, and one re-auth when Swift answers 401."""
         with self._slot():
             token = self._tokens.token()
             try:
-                return self._attempt(send, token, idempotent=idempotent, deadline=deadline)
+                return self._attempt(send, token, operation, idempotent=idempotent, deadline=deadline)
             except _TokenRejected:
                 self._tokens.invalidate(token)
             token = self._tokens.token()
             try:
-                return self._attempt(send, token, idempotent=idempotent, deadline=deadline)
+                return self._attempt(send, token, operation, idempotent=idempotent, deadline=deadline)
             except _TokenRejected:
                 # A brand-new token refused: wrong storage URL or tenant, or an account problem.
                 self._tokens.invalidate(token)
                 raise StorageUnavailable("object storage refused a freshly issued token") from None
 
     def _attempt(
-        self, send: Callable[[Token], requests.Response], token: Token, *, idempotent: bool, deadline: float
+        self,
+        send: Callable[[Token], requests.Response],
+        token: Token,
+        operation: str,
+        *,
+        idempotent: bool,
+        deadline: float,
     ) -> requests.Response:
         def call() -> requests.Response:
             response = send(token)
@@ -420,7 +426,7 @@ class SwiftStorage:
             return raise_for_transient(response)
 
         try:
-            return self._resilient.call(call, idempotent=idempotent, deadline_s=deadline)
+            return self._resilient.call(call, idempotent=idempotent, deadline_s=deadline, operation=operation)
         except DependencyUnavailable as exc:
             raise StorageUnavailable(f"object storage unavailable ({exc.reason})", retry_after=exc.retry_after) from exc
         except requests.RequestException as exc:
@@ -455,11 +461,11 @@ class SwiftStorage:
                     self._container_url(token), headers={"X-Auth-Token": token.id}, timeout=self._policy.timeout
                 )
 
-            with self._request(head, idempotent=True, deadline=self._policy.deadline) as response:
+            with self._request(head, "head", idempotent=True, deadline=self._policy.deadline) as response:
                 status = response.status_code
             if status == 404:
                 # Creating a container is idempotent (202 when it already exists), so it may be retried.
-                with self._request(create, idempotent=True, deadline=self._policy.deadline) as response:
+                with self._request(create, "put", idempotent=True, deadline=self._policy.deadline) as response:
                     if response.status_code not in (201, 202):
                         _unexpected(response, f"creation of container {self._container!r}")
             elif status not in (200, 204):

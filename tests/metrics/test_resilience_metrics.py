@@ -131,8 +131,8 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
 
     # Three 503s: two retries, the third failure gives up and opens the circuit.
     dependency.statuses = [503] * MAX_TRIES
-    with pytest.raises(DependencyUnavailable), metrics.external_request(service, "get"):
-        client.call(fetch, dependency.url)
+    with pytest.raises(DependencyUnavailable):
+        client.call(fetch, dependency.url, operation="get")
     assert value("photo_api_retry_attempts_total", service=service, result="retry") == MAX_TRIES - 1
     assert value("photo_api_retry_attempts_total", service=service, result="giveup") == 1
     assert value("photo_api_circuit_breaker_state", service=service) == 1
@@ -140,19 +140,19 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
 
     # Open: refused without a request reaching the dependency.
     reached = dependency.requests
-    with pytest.raises(DependencyUnavailable), metrics.external_request(service, "get"):
-        client.call(fetch, dependency.url)
+    with pytest.raises(DependencyUnavailable):
+        client.call(fetch, dependency.url, operation="get")
     assert dependency.requests == reached
     assert value("photo_api_circuit_breaker_rejected_total", service=service) == 1
 
     # After the recovery timeout one trial goes through (half-open) and its success closes the circuit.
     clock.now += RECOVERY_S + 1
-    with metrics.external_request(service, "get"):
-        client.call(fetch, dependency.url)
+    client.call(fetch, dependency.url, operation="get")
     assert value("photo_api_circuit_breaker_state", service=service) == 0
     assert value("photo_api_circuit_breaker_transitions_total", service=service, state="half_open") == 1
     assert value("photo_api_circuit_breaker_transitions_total", service=service, state="closed") == 1
 
+    # Resilient reports each logical call's duration to the events (ResilienceMetrics.finished).
     count = "photo_api_external_request_duration_seconds_count"
     assert value(count, service=service, operation="get", outcome="unavailable") == 1
     assert value(count, service=service, operation="get", outcome="circuit_open") == 1
