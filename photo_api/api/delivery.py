@@ -100,9 +100,12 @@ def deliver_image(photo: Photo, *, token_seconds: int, cache_control: str = "pri
     The CDN is an optimisation, never a dependency: when its token API fails or its circuit is open
     the image is streamed from storage instead (counted as a fallback).
     """
-    from .common import runtime
+    from .common import db_session, runtime
 
     rt = runtime()
+    # Bulkhead: the row is loaded; give the DB connection back before any network I/O (CDN token call,
+    # storage GET), so a slow or blackholed dependency cannot also exhaust the worker's DB pool.
+    db_session().close()
     if rt.cdn is not None:
         try:
             url = rt.cdn.signed_url(photo.filename, token_seconds)
