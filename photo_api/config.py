@@ -160,6 +160,18 @@ class Settings(BaseModel):
     storage_retry_max_delay: float | None = Field(default=None, ge=0, le=600)
     storage_breaker_failure_threshold: int | None = Field(default=None, ge=1, le=1000)
     storage_breaker_recovery_timeout: float | None = Field(default=None, gt=0, le=3600)
+    cdn_retry_max_tries: int | None = Field(default=None, ge=1, le=20)
+    cdn_retry_max_time: float | None = Field(default=None, gt=0, le=600)
+    cdn_retry_base_delay: float | None = Field(default=None, ge=0, le=60)
+    cdn_retry_max_delay: float | None = Field(default=None, ge=0, le=600)
+    cdn_breaker_failure_threshold: int | None = Field(default=None, ge=1, le=1000)
+    cdn_breaker_recovery_timeout: float | None = Field(default=None, gt=0, le=3600)
+    log_retry_max_tries: int | None = Field(default=None, ge=1, le=20)
+    log_retry_max_time: float | None = Field(default=None, gt=0, le=600)
+    log_retry_base_delay: float | None = Field(default=None, ge=0, le=60)
+    log_retry_max_delay: float | None = Field(default=None, ge=0, le=600)
+    log_breaker_failure_threshold: int | None = Field(default=None, ge=1, le=1000)
+    log_breaker_recovery_timeout: float | None = Field(default=None, gt=0, le=3600)
 
     # lifecycle
     bind: str = "127.0.0.1:8000"

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 import requests
 
+from photo_api.config import load_settings
 from photo_api.resilience import (
     DependencyUnavailable,
     Policy,
     Resilient,
     TransientError,
+    policy_for,
     raise_for_transient,
 )
 
@@ -235,3 +237,19 @@ def test_deadline_under_gevent_cuts_a_hung_call_and_counts_as_failure() -> None:
     assert reason == "deadline"
     assert float(elapsed) < 1.0
     assert state == "open", "a gevent.Timeout must count as a failure, not reset the breaker"
+
+
+@pytest.mark.parametrize("service", ["storage", "cdn", "log"])
+def test_per_service_overrides_replace_the_global_values(service: str) -> None:
+    settings = load_settings(
+        environ={
+            "RETRY_MAX_TRIES": "3",
+            "BREAKER_FAILURE_THRESHOLD": "5",
+            f"{service.upper()}_RETRY_MAX_TRIES": "7",
+            f"{service.upper()}_BREAKER_RECOVERY_TIMEOUT": "12",
+        }
+    )
+    p = policy_for(settings, service, read_timeout=2)
+    assert (p.max_tries, p.recovery_timeout, p.failure_threshold) == (7, 12, 5)
+    other = policy_for(settings, "storage" if service != "storage" else "cdn", read_timeout=2)
+    assert (other.max_tries, other.failure_threshold) == (3, 5)
