@@ -1,0 +1,301 @@
+"""What the photo benchmarks share: a throw-away PostgreSQL database, a real `photo-api serve`, a user,
+streamed multipart uploads, worker memory from /proc, and a description of the machine.
+
+No pytest here: the server comes from tests/e2e/server.py (plain subprocess + requests), everything else
+is below. Run the benchmarks from the repository root (`python -m ops.bench.photos_bench ...`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import platform
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import requests
+from sqlalchemy.engine import make_url
+
+from photo_api import migrate
+from tests.e2e.server import ServeProcess, free_port
+
+PG_ADMIN_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+)
+PASSWORD = "correct horse battery"
+TIMEOUT_S = 60
+MIB = 1024 * 1024
+# What the client hands the socket at a time when it streams a file.
+SEND_CHUNK = 1 * MIB
+# Production refuses a drain shorter than what the load balancer needs to notice it (interval x threshold +
+# probe timeout); there is no load balancer here, so all three are small and a graceful stop takes ~1.5 s.
+FAST_DRAIN = {
+    "DRAIN_DELAY_SECONDS": "1.5",
+    "LB_HEALTH_CHECK_INTERVAL": "0.5",
+    "LB_UNHEALTHY_THRESHOLD": "2",
+    "LB_HEALTH_CHECK_TIMEOUT": "0.5",
+    "HEALTH_CHECK_TIMEOUT": "0.4",
+}
+
+
+def _admin_connection() -> psycopg2.extensions.connection:
+    url = make_url(PG_ADMIN_URL)
+    conn = psycopg2.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=url.database or "postgres",
+        connect_timeout=5,
+    )
+    conn.autocommit = True
+    return conn
+
+
+@contextlib.contextmanager
+def temporary_database(prefix: str = "photo_api_bench") -> Iterator[str]:
+    """Create a PostgreSQL database migrated to head; yield its URL; drop it (connections and all) afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = _admin_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        conn = _admin_connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            conn.close()
+
+
+def server_env(database_url: str, work: Path, **overrides: str) -> dict[str, str]:
+    """Production settings on `database_url`, storage and metrics files under `work`, plus `overrides`."""
+    env = {
+        "ENVIRONMENT": "production",
+        "DATABASE_URL": database_url,
+        "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+        "LOCAL_STORAGE_DIR": str(work / "storage"),
+        # An access-log line per request would be a large part of what is measured; production ships
+        # them, but that cost belongs to the log pipeline, not to the code under test.
+        "LOG_LEVEL": "WARNING",
+        # Metrics stay on, as in production, on a port of their own so that parallel runs do not collide.
+        "METRICS_PORT": str(free_port()),
+        "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
+        **FAST_DRAIN,
+    }
+    env.update(overrides)
+    return env
+
+
+@contextlib.contextmanager
+def running_server(env: Mapping[str, str], work: Path, name: str, workers: int = 2) -> Iterator[ServeProcess]:
+    """A started `photo-api serve` with `workers` gevent workers; stopped with SIGTERM, and killed if need be."""
+    server = ServeProcess(env, cwd=work, log_dir=work / name, workers=workers)
+    server.start()
+    try:
+        yield server
+        server.stop()
+    finally:
+        server.close()
+
+
+def login(server: ServeProcess) -> dict[str, str]:
+    """Register a fresh user and return its Authorization header."""
+    user = f"bench{uuid.uuid4().hex[:8]}"
+    email = f"{user}@example.com"
+    body = {"email": email, "username": user, "password": PASSWORD}
+    requests.post(server.url("/auth/register"), json=body, timeout=TIMEOUT_S).raise_for_status()
+    r = requests.post(server.url("/auth/login"), json={"email": email, "password": PASSWORD}, timeout=TIMEOUT_S)
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def file_chunks(path: Path, chunk: int = SEND_CHUNK) -> Iterator[bytes]:
+    """The bytes of `path`, `chunk` at a time (the file is never whole in the client's memory either)."""
+    with path.open("rb") as f:
+        yield from iter(lambda: f.read(chunk), b"")
+
+
+@dataclass
+class UploadResult:
+    """The answer to an upload and how long it took."""
+
+    status: int
+    body: dict[str, object]
+    seconds: float
+
+
+def upload_stream(
+    server: ServeProcess,
+    headers: Mapping[str, str],
+    chunks: Iterable[bytes],
+    size: int,
+    filename: str = "upload.jpg",
+) -> UploadResult:
+    """POST /photos as a browser does: one multipart body with a Content-Length, the file sent as it is read.
+
+    `seconds` runs from the first byte sent to the whole answer received.
+    """
+    boundary = uuid.uuid4().hex
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=TIMEOUT_S)
+    try:
+        started = time.perf_counter()
+        conn.putrequest("POST", "/photos")
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+        conn.putheader("Content-Length", str(len(head) + size + len(tail)))
+        conn.endheaders()
+        conn.send(head)
+        for chunk in chunks:
+            conn.send(chunk)
+        conn.send(tail)
+        response = conn.getresponse()
+        raw = response.read()
+        seconds = time.perf_counter() - started
+    finally:
+        conn.close()
+    return UploadResult(response.status, json.loads(raw) if raw else {}, seconds)
+
+
+def status_kib(pid: int, field_name: str) -> int | None:
+    """A `VmRSS`/`VmHWM`-style field of /proc/<pid>/status in KiB, or None once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of `pid` to its current RSS; False if not allowed.
+
+    Writing 5 to /proc/<pid>/clear_refs does it (Linux >= 4.0); after that VmHWM is the exact peak since
+    this call, not a sample that may miss a short spike.
+    """
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class RssSampler:
+    """Samples the resident set size of some processes in a thread; keeps the highest value of each."""
+
+    pids: list[int]
+    interval_s: float = 0.005
+    peaks_kib: dict[int, int] = field(default_factory=dict)
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval_s):
+                self._sample()  # one last look after the request ended
+                return
+
+    def _sample(self) -> None:
+        self.samples += 1
+        for pid in self.pids:
+            rss = status_kib(pid, "VmRSS")
+            if rss is not None and rss > self.peaks_kib.get(pid, 0):
+                self.peaks_kib[pid] = rss
+
+
+def fsync_copy(source: Path, directory: Path, chunk: int = SEND_CHUNK) -> float:
+    """Copy `source` into `directory` durably, as LocalStorage.put stores an upload; return the seconds taken.
+
+    Temp file, copyfileobj, fsync, rename, fsync of the directory: the same disk work as a stored upload.
+    """
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    temp, final = directory / f".copy-{uuid.uuid4().hex}", directory / f"copy-{uuid.uuid4().hex}"
+    started = time.perf_counter()
+    with source.open("rb") as src, temp.open("wb") as dst:
+        shutil.copyfileobj(src, dst, chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(temp, final)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - started
+    final.unlink()
+    return seconds
+
+
+def machine() -> str:
+    """CPUs, memory, kernel, Python and PostgreSQL versions, and the load when the run started."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = status_meminfo("MemTotal")
+    conn = _admin_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            pg = cur.fetchone()[0]
+    finally:
+        conn.close()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {mem_kib / MIB:.0f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, PostgreSQL {pg}; load average at start: {load}"
+    )
+
+
+def status_meminfo(name: str) -> int:
+    """A field of /proc/meminfo in KiB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise KeyError(name)
