@@ -73,7 +73,9 @@ def test_systemd_unit_stops_after_the_drain(example: Settings) -> None:
     assert service["KillMode"] == ["mixed"]  # SIGTERM to the master only
     assert service["KillSignal"] == ["SIGTERM"]
     (stop_timeout,) = service["TimeoutStopSec"]
-    assert float(stop_timeout) >= example.drain_delay_seconds + example.graceful_timeout + STOP_MARGIN_S
+    linger = example.prometheus_push_linger_seconds if example.prometheus_pushgateway_url else 0
+    needed = example.drain_delay_seconds + example.graceful_timeout + STOP_MARGIN_S
+    assert float(stop_timeout) >= needed + linger  # the final push lingers before the group is deleted
     assert service["Restart"] == ["on-failure"]
     (exec_start,) = service["ExecStart"]
     assert exec_start.endswith("/photo-api serve")
