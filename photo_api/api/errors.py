@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
 DB_RETRY_AFTER_S = 5
+# Used when the storage layer gives no hint of its own (its breaker's remaining open time, a Retry-After).
+STORAGE_RETRY_AFTER_S = 5
 
 
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
@@ -68,7 +70,7 @@ def _db_unavailable(exc: Exception) -> Response:
 
 def _storage_unavailable(exc: StorageUnavailable) -> Response:
     log.warning("object storage unavailable", extra={"error": type(exc).__name__})
-    retry_after = getattr(exc, "retry_after", None) or DB_RETRY_AFTER_S
+    retry_after = getattr(exc, "retry_after", None) or STORAGE_RETRY_AFTER_S
     return _app_error(ServiceUnavailable("Object storage unavailable", retry_after=int(retry_after)))
 
 
