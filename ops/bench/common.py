@@ -12,7 +12,9 @@ import http.client
 import json
 import os
 import platform
+import re
 import secrets
+import subprocess
 import threading
 import time
 import uuid
@@ -299,3 +301,39 @@ def status_meminfo(name: str) -> int:
         if line.startswith(name + ":"):
             return int(line.split()[1])
     raise KeyError(name)
+
+
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass
+class WrkRun:
+    """What wrk reports for one closed-loop run."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def _wrk_ms(output: str, percentile: str) -> float:
+    m = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if not m:
+        raise RuntimeError(f"no {percentile}% latency in wrk output:\n{output}")
+    return float(m[1]) * _WRK_UNITS[m[2]]
+
+
+def run_wrk(url: str, headers: dict[str, str], seconds: float, connections: int) -> WrkRun:
+    """Closed-loop load with wrk (2 threads, `connections` keep-alive connections); its own percentiles."""
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.MULTILINE)
+    if not rps:
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
+    non_2xx = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = sum(int(n) for n in socket.groups()) if socket else 0
+    return WrkRun(float(rps[1]), _wrk_ms(out, "50"), _wrk_ms(out, "99"), non_2xx, socket_errors)

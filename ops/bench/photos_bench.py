@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import re
 import shutil
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from ops.bench.common import (
     login,
     machine,
     reset_peak_rss,
+    run_wrk,
     running_server,
     server_env,
     status_kib,
@@ -199,29 +198,10 @@ class LoadResult:
     errors: int  # non-2xx answers and socket errors
 
 
-_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _wrk_ms(output: str, percentile: str) -> float:
-    m = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
-    if not m:
-        raise RuntimeError(f"no {percentile}% latency in wrk output:\n{output}")
-    return float(m[1]) * _WRK_UNITS[m[2]]
-
-
 def wrk_load(url: str, headers: dict[str, str], seconds: float, connections: int) -> LoadResult:
-    """Closed-loop load with wrk (2 threads, keep-alive connections); its own latency percentiles."""
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
-    for name, value in headers.items():
-        args += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.MULTILINE)
-    if not rps:
-        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    if socket := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
-        errors += sum(int(n) for n in socket.groups())
-    return LoadResult(float(rps[1]), _wrk_ms(out, "50"), _wrk_ms(out, "99"), errors)
+    """Closed-loop load with wrk; errors are non-2xx answers and socket errors together."""
+    run = run_wrk(url, headers, seconds, connections)
+    return LoadResult(run.requests_per_s, run.p50_ms, run.p99_ms, run.non_2xx + run.socket_errors)
 
 
 def python_load(url: str, headers: dict[str, str], seconds: float, connections: int) -> LoadResult:

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import math
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from ops.bench.common import (
     file_chunks,
     login,
     machine,
+    run_wrk,
     running_server,
     server_env,
     temporary_database,
@@ -198,29 +198,10 @@ class Load:
     socket_errors: int
 
 
-_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _wrk_ms(output: str, percentile: str) -> float:
-    m = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
-    if not m:
-        raise RuntimeError(f"no {percentile}% latency in wrk output:\n{output}")
-    return float(m[1]) * _WRK_UNITS[m[2]]
-
-
 def wrk(url: str, headers: dict[str, str], seconds: float, connections: int) -> Load:
     """wrk with 2 threads and `connections` keep-alive connections."""
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
-    for name, value in headers.items():
-        args += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.MULTILINE)
-    if not rps:
-        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    non_2xx = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = sum(int(n) for n in socket.groups()) if socket else 0
-    return Load(float(rps[1]), _wrk_ms(out, "50"), _wrk_ms(out, "99"), non_2xx, errors)
+    run = run_wrk(url, headers, seconds, connections)
+    return Load(run.requests_per_s, run.p50_ms, run.p99_ms, run.non_2xx, run.socket_errors)
 
 
 def python_load(url: str, headers: dict[str, str], seconds: float, connections: int) -> Load:
