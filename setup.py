@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -30,9 +30,10 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["photo_api", "photo_api.*"]),
-    package_data={"photo_api": ["migrations/script.py.mako", "migrations/alembic.ini", "py.typed"]},
-    include_package_data=True,
+    # Namespace discovery, so that folders without an __init__.py (migrations/versions) ship too.
+    packages=find_namespace_packages(include=["photo_api", "photo_api.*"], exclude=["*.__pycache__"]),
+    # Every file the package opens at run time; tests/test_packaging.py compares the wheel with the source folder.
+    package_data={"photo_api": ["py.typed", "migrations/script.py.mako"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={"test": TEST_REQUIREMENTS},
     entry_points={"console_scripts": ["photo-api=photo_api.cli:main"]},

@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -20,6 +19,7 @@ from photo_api.clients import build_log_shipper
 from photo_api.clients.logcrash import TRUNCATED_MARK, LogShipper, custom_key, sanitise_version
 from photo_api.config import load_settings
 from photo_api.resilience import Policy, Resilient
+from tests import python_child
 from tests.doubles.logcrash import BAD_KEY_MESSAGE, BASIC_FIELDS, LogCollectorDouble
 
 APPKEY = "lnc-appkey-1"
@@ -412,7 +412,7 @@ def test_under_gevent_the_worker_is_a_greenlet_and_emitting_never_waits(collecto
                           "dropped": shipper.dropped, "sent": shipper.sent}}))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    out = subprocess.run(python_child(script), capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["greenlet"] is True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import textwrap
 from typing import Any
 
@@ -19,6 +18,7 @@ from photo_api.resilience import (
     policy_for,
     raise_for_transient,
 )
+from tests import python_child
 
 
 class Recorder:
@@ -231,7 +231,7 @@ def test_deadline_under_gevent_cuts_a_hung_call_and_counts_as_failure() -> None:
             print(exc.reason, round(time.monotonic() - start, 2), r.state)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(python_child(script), capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     reason, elapsed, state = out.stdout.split()
     assert reason == "deadline"

@@ -119,8 +119,11 @@ class ServeProcess:
         host: str = "127.0.0.1",
         port: int | None = None,
         extra_args: Sequence[str] = (),
+        script: str | None = None,
     ):
         self.env = clean_environment(env)
+        # The `photo-api` console script: this virtualenv's, or another's (a fresh install of the wheel).
+        self.script = script or console_script("photo-api")
         self.cwd = cwd
         self.workers = workers
         self.host = host
@@ -137,7 +140,7 @@ class ServeProcess:
         """Start the server and return once liveness answers 200 and every worker is forked."""
         if self.process is not None:
             raise ServeError("already started")
-        args = [console_script("photo-api"), "serve", "--bind", f"{self.host}:{self.port}"]
+        args = [self.script, "serve", "--bind", f"{self.host}:{self.port}"]
         args += ["--workers", str(self.workers), *self.extra_args]
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             # A session of its own: its process group can be killed as a whole, and a Ctrl-C in the

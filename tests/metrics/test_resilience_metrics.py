@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import subprocess
-import sys
 import textwrap
 import threading
 import uuid
@@ -26,6 +25,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from photo_api import metrics
 from photo_api.config import load_settings
 from photo_api.resilience import DependencyUnavailable, Policy, Resilient, raise_for_transient
+from tests import python_child
 from tests.metrics.conftest import parse
 
 FAILURE_THRESHOLD = 3
@@ -207,7 +207,7 @@ def test_across_workers_the_worst_breaker_shows_until_its_worker_dies(tmp_path: 
         runs = {}
         for mode in ("fail", "ok", "idle"):
             proc = subprocess.run(
-                [sys.executable, "-c", WORKER_SCRIPT, url, "idle" if mode == "idle" else "store", mode],
+                [*python_child(WORKER_SCRIPT), url, "idle" if mode == "idle" else "store", mode],
                 env=env,
                 capture_output=True,
                 text=True,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import secrets
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -18,9 +16,10 @@ from typing import Any, BinaryIO, cast
 import pytest
 
 from photo_api.storage import ObjectNotFound, StorageError, StorageUnavailable, SwiftStorage
+from tests import python_child
 from tests.faultproxy import Fault, FaultProxy
 from tests.storage_contract import GeneratedStream, pseudo_random_chunks
-from tests.swift.conftest import REPO, Clock, MakeStorage, Recorder, Swift, fast_policy
+from tests.swift.conftest import Clock, MakeStorage, Recorder, Swift, fast_policy
 from tests.swift.keystone_double import QuietHTTPServer
 
 pytestmark = pytest.mark.slow
@@ -280,13 +279,11 @@ def test_blackholed_swift_is_cut_at_the_deadline_under_gevent(
 ) -> None:
     args = [swift.auth_url, swift.user, swift.key, f"{swift_proxy.url}/v1/{swift.account}", container, key]
     with subprocess.Popen(
-        [sys.executable, "-c", GEVENT_DEADLINE, *args],
+        [*python_child(GEVENT_DEADLINE), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
     ) as child:
         try:
             assert child.stdout is not None and child.stdin is not None

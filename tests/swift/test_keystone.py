@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import secrets
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -18,8 +16,9 @@ import pytest
 
 from photo_api.storage import ObjectNotFound, StorageUnavailable, SwiftStorage
 from photo_api.storage.keystone import REFRESH_MARGIN_FRACTION
+from tests import python_child
 from tests.faultproxy import Fault, FaultProxy
-from tests.swift.conftest import REPO, Clock, MakeStorage, Swift, fast_policy
+from tests.swift.conftest import Clock, MakeStorage, Swift, fast_policy
 from tests.swift.keystone_double import KeystoneDouble
 
 pytestmark = pytest.mark.slow
@@ -210,12 +209,10 @@ def test_greenlets_share_one_refresh_under_gevent(keystone: KeystoneDouble, cont
     keystone.token_lifetime = 300
     # gevent must patch before anything else is imported, hence a fresh interpreter.
     out = subprocess.run(
-        [sys.executable, "-c", GEVENT_REFRESH, keystone.auth_url, TENANT, USER, PASSWORD, container, key, "300"],
+        [*python_child(GEVENT_REFRESH), keystone.auth_url, TENANT, USER, PASSWORD, container, key, "300"],
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
