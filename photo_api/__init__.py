@@ -18,12 +18,14 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from flask import Flask
 
-    from . import api, metrics
+    from . import api, metrics, migrate
     from .config import development_defaults, load_settings
     from .logs import configure_logging
     from .runtime import Runtime
 
     settings = development_defaults(settings if settings is not None else load_settings())
+    # Readiness compares the database with the packaged migrations: an install without them must not start.
+    migrate.expectation()
     runtime = Runtime.build(settings)
 
     app = Flask(__name__)

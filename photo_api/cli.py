@@ -58,17 +58,35 @@ def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head). Run once per deploy, not by every instance."""
     settings = development_defaults(_settings_or_exit())
     assert settings.database_url
-    migrate.upgrade(settings.database_url, revision)
-    click.echo(f"database at {migrate.current(settings.database_url)}")
+    try:
+        reached = migrate.upgrade(settings.database_url, revision)
+    except migrate.MigrationError as exc:
+        click.echo(f"db upgrade: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"database at {reached}")
 
 
 @db.command("current")
 def db_current() -> None:
-    """Print the revision the database is at, and whether it is the newest one."""
+    """Print the database's revision, this version's head and how they relate; exit 1 unless this version can serve."""
     settings = development_defaults(_settings_or_exit())
     assert settings.database_url
-    rev, head = migrate.current(settings.database_url), migrate.head()
-    click.echo(f"{rev or '<none>'} (head: {head}){' up to date' if rev == head else ' needs upgrade'}")
+    try:
+        state = migrate.state(settings.database_url)
+    except migrate.MigrationError as exc:
+        click.echo(f"db current: {exc}", err=True)
+        sys.exit(1)
+    label = {
+        migrate.UP_TO_DATE: "up to date",
+        migrate.BEHIND: "needs upgrade",
+        migrate.NOT_MIGRATED: "not migrated",
+        migrate.AHEAD: "ahead of this version (compatible)",
+        migrate.CONTRACT_PENDING: "contract migrations pending (compatible)",
+        migrate.INCOMPATIBLE: "ahead of this version (incompatible)",
+    }[state.status]
+    click.echo(f"{state.current or '<none>'} (head: {state.expected}) {label}")
+    if not state.serving:
+        sys.exit(1)
 
 
 @main.command("serve")
@@ -80,8 +98,13 @@ def serve(bind: str | None, workers: int | None) -> None:
     if not settings.is_production and settings.is_sqlite:
         # The embedded default: a newcomer's one command must give a working database.
         assert settings.database_url
-        migrate.upgrade(settings.database_url)
-    args = [sys.executable, "-m", "gunicorn", "--config", "python:photo_api.gunicorn_conf"]
+        try:
+            migrate.upgrade(settings.database_url)
+        except migrate.MigrationError as exc:
+            click.echo(f"serve: {exc}", err=True)
+            sys.exit(1)
+    # -P: the working directory stays off sys.path, so the installed package runs even from a checkout.
+    args = [sys.executable, "-P", "-m", "gunicorn", "--config", "python:photo_api.gunicorn_conf"]
     if bind:
         args += ["--bind", bind]
     if workers:

@@ -6,9 +6,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,6 +16,7 @@ from .config import Settings
 from .greenlets import deadline
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 APPLICATION_NAME = "photo-api"
 # Abandoned transactions hold locks and a connection; PostgreSQL ends them after this long.
@@ -50,17 +51,22 @@ class Database:
         """A new session; the caller closes it."""
         return self.sessions()
 
-    def ping(self, timeout: float) -> float:
-        """Run `SELECT 1` within `timeout` seconds and return the latency in ms; raise on failure or timeout."""
+    def ping(self, timeout: float, query: Callable[[Connection], T]) -> tuple[float, T]:
+        """Run `query` on a connection within `timeout` seconds: (latency in ms, its result); raise on failure.
+
+        `query` is the health probe's (the schema revision): it proves the database answers, like a
+        `SELECT 1` would, in the same round trip.
+        """
         start = time.perf_counter()
         # Under gevent the deadline interrupts a blackholed connect or a hung query; SQLAlchemy then
-        # invalidates only that connection (research notes §6). The server-side timeout is the backstop.
+        # invalidates only that connection (a gevent.Timeout is one of its "exit exceptions"). The
+        # server-side statement timeout is the backstop when the deadline cannot fire (outside gevent).
         with deadline(timeout), self.engine.connect() as conn:
             if self.is_postgresql:
                 conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout * 1000)}"))
-            conn.execute(text("SELECT 1"))
+            result = query(conn)
             conn.rollback()
-        return (time.perf_counter() - start) * 1000
+        return (time.perf_counter() - start) * 1000, result
 
     def pool_status(self) -> dict[str, int]:
         """Connections checked out and overflow in use, for metrics and health."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -9,10 +10,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from . import migrate
 from .db import Database
 from .models import utcnow
 
+log = logging.getLogger(__name__)
+
 HEALTHY, UNHEALTHY, TIMEOUT, UNKNOWN, DISABLED = "healthy", "unhealthy", "timeout", "unknown", "disabled"
+# The checks that decide readiness; the others (object storage, CDN) are informational.
+READINESS_CHECKS = ("database", "schema")
 
 
 @dataclass
@@ -27,28 +33,39 @@ class HealthReport:
         return self.status == "healthy"
 
 
-def check_database(db: Database, timeout: float) -> dict[str, Any]:
-    """`SELECT 1` bounded by `timeout`: healthy with its latency, timeout, or unhealthy."""
+def check_database(db: Database, timeout: float) -> tuple[dict[str, dict[str, Any]], migrate.SchemaState | None]:
+    """The `database` and `schema` checks, from one connection bounded by `timeout`, and the schema's state.
+
+    database: healthy with its latency, timeout, or unhealthy. schema: healthy when this version can
+    serve on the database's revision (migrate.SchemaState, None when the database did not answer),
+    unhealthy when not, unknown when the database did not answer.
+    """
+    expected = migrate.expectation()
     started = time.perf_counter()
     try:
-        latency = db.ping(timeout)
+        latency, (revision, epoch) = db.ping(timeout, migrate.read_schema)
     except BaseException as exc:  # gevent.Timeout is a BaseException
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         if type(exc).__name__ == "Timeout":
-            return {"status": TIMEOUT, "latency_ms": elapsed_ms}
-        if not isinstance(exc, Exception):
+            database = {"status": TIMEOUT, "latency_ms": elapsed_ms}
+        elif not isinstance(exc, Exception):
             raise
-        return {"status": UNHEALTHY, "latency_ms": elapsed_ms}
-    return {"status": HEALTHY, "latency_ms": round(latency, 1)}
+        else:
+            database = {"status": UNHEALTHY, "latency_ms": elapsed_ms}
+        return {"database": database, "schema": {"status": UNKNOWN, "expected": expected.head}}, None
+    state = expected.judge(revision, epoch)
+    schema = {"status": HEALTHY if state.serving else UNHEALTHY, "current": state.current, "expected": state.expected}
+    return {"database": {"status": HEALTHY, "latency_ms": round(latency, 1)}, "schema": schema}, state
 
 
 class DatabaseProbe:
-    """The database check of one worker, shared for `max_age` seconds and run by one caller at a time.
+    """The database and schema checks of one worker, shared for `max_age` seconds and run by one caller at a time.
 
-    Several load balancers probing every second, each over its own connections, then cost one
-    `SELECT 1` per worker per `max_age`. While a probe runs, other callers wait for its result instead
-    of starting their own (so a blackholed database does not get one hanging connect per probe); the
-    probe itself is bounded by `timeout`, so nobody waits longer than that.
+    Several load balancers probing every second, each over its own connections, then cost one query
+    per worker per `max_age`. While a probe runs, other callers wait for its result instead of starting
+    their own (so a blackholed database does not get one hanging connect per probe); the probe itself is
+    bounded by `timeout`, so nobody waits longer than that. The schema's state is logged when first seen
+    (if this version cannot serve on it) and whenever it changes.
     """
 
     def __init__(
@@ -60,44 +77,59 @@ class DatabaseProbe:
         self._clock = clock
         # A plain lock: under gevent it is monkey-patched and a waiting greenlet yields.
         self._lock = threading.Lock()
-        self._result: dict[str, Any] | None = None
+        self._result: dict[str, dict[str, Any]] | None = None
         self._checked_at = 0.0
+        self._schema: migrate.SchemaState | None = None
         self.runs = 0  # how many probes actually reached the database
 
-    def last(self) -> dict[str, Any] | None:
-        """The latest result, however old, without probing (None before the first probe)."""
+    def last(self) -> dict[str, dict[str, Any]] | None:
+        """The latest checks, however old, without probing (None before the first probe)."""
         return self._result
 
-    def check(self) -> dict[str, Any]:
-        """A result at most `max_age` old: the shared one, or a new probe."""
+    def check(self) -> dict[str, dict[str, Any]]:
+        """Checks at most `max_age` old: the shared ones, or a new probe."""
         if (fresh := self._fresh()) is not None:
             return fresh
         with self._lock:
             if (fresh := self._fresh()) is not None:  # another caller probed while we waited
                 return fresh
-            result = check_database(self.db, self.timeout)
+            result, state = check_database(self.db, self.timeout)
             self.runs += 1
+            if state is not None:
+                self._note_schema(state)
             self._result, self._checked_at = result, self._clock()
             return result
 
-    def _fresh(self) -> dict[str, Any] | None:
+    def _note_schema(self, state: migrate.SchemaState) -> None:
+        previous, self._schema = self._schema, state
+        if previous is None and state.serving:
+            return  # the normal start: nothing to say
+        if previous is not None and (previous.status, previous.current) == (state.status, state.current):
+            return
+        extra = {"schema_status": state.status, "current": state.current, "expected": state.expected}
+        if state.serving:
+            log.info("schema: %s; ready", state.describe(), extra=extra)
+        else:
+            log.warning("schema: %s; not ready until then", state.describe(), extra=extra)
+
+    def _fresh(self) -> dict[str, dict[str, Any]] | None:
         if self._result is not None and self._clock() - self._checked_at < self.max_age:
             return self._result
         return None
 
 
 def readiness(probe: DatabaseProbe, *, draining: bool, informational: dict[str, dict[str, Any]]) -> HealthReport:
-    """Can this instance serve? Only draining and the database decide; other checks are informational.
+    """Can this instance serve? Only draining, the database and its schema decide; other checks are informational.
 
     A draining instance answers at once, with the last database result it has: the load balancer
     must see the 503 without waiting for a database that may be down too.
     """
     if draining:
-        database = probe.last() or {"status": UNKNOWN}
-        return HealthReport(status="draining", timestamp=utcnow(), checks={"database": database, **informational})
-    database = probe.check()
-    status = "healthy" if database["status"] == HEALTHY else "unhealthy"
-    return HealthReport(status=status, timestamp=utcnow(), checks={"database": database, **informational})
+        checks = probe.last() or {"database": {"status": UNKNOWN}}
+        return HealthReport(status="draining", timestamp=utcnow(), checks={**checks, **informational})
+    checks = probe.check()
+    ok = all(checks[name]["status"] == HEALTHY for name in READINESS_CHECKS)
+    return HealthReport(status="healthy" if ok else "unhealthy", timestamp=utcnow(), checks={**checks, **informational})
 
 
 def _from_circuit(circuit: str) -> dict[str, Any]:

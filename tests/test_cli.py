@@ -12,6 +12,7 @@ import pytest
 from photo_api import migrate
 from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for
 from tests.e2e.server import clean_environment, console_script
+from tests.test_migrations import FUTURE_REVISION, newer_release_migrated
 
 CLI_TIMEOUT_S = 60
 DB_PASSWORD = "db-password-do-not-print"
@@ -107,8 +108,8 @@ def test_db_upgrade_then_current_is_at_head(fresh_pg_url: str, tmp_path: Path) -
     env = production_env(fresh_pg_url, tmp_path)
     head = migrate.head()
     before = run("photo-api", "db", "current", env=env, cwd=tmp_path)
-    assert before.returncode == 0, before.stderr
-    assert before.stdout.strip() == f"<none> (head: {head}) needs upgrade"
+    assert before.returncode == 1, before.stderr
+    assert before.stdout.strip() == f"<none> (head: {head}) not migrated"
 
     upgraded = run("photo-api", "db", "upgrade", env=env, cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
@@ -126,6 +127,37 @@ def test_db_upgrade_twice_is_harmless(fresh_pg_url: str, tmp_path: Path) -> None
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"database at {head}"
     assert migrate.current(fresh_pg_url) == head
+
+
+def test_db_upgrade_refuses_a_database_of_a_newer_release(fresh_pg_url: str, tmp_path: Path) -> None:
+    env = production_env(fresh_pg_url, tmp_path)
+    assert run("photo-api", "db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+    head, epoch = migrate.head(), migrate.expectation().head_epoch
+    newer_release_migrated(fresh_pg_url, epoch=epoch)
+
+    result = run("photo-api", "db", "upgrade", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"revision {FUTURE_REVISION}, which this version does not know" in result.stderr
+    assert "Traceback" not in result.stderr
+    current = run("photo-api", "db", "current", env=env, cwd=tmp_path)
+    assert (current.returncode, current.stdout.strip()) == (
+        0,
+        f"{FUTURE_REVISION} (head: {head}) ahead of this version (compatible)",
+    )
+
+    newer_release_migrated(fresh_pg_url, epoch=epoch + 1)
+    current = run("photo-api", "db", "current", env=env, cwd=tmp_path)
+    assert (current.returncode, current.stdout.strip()) == (
+        1,
+        f"{FUTURE_REVISION} (head: {head}) ahead of this version (incompatible)",
+    )
+
+
+def test_db_current_says_an_older_revision_needs_upgrade(fresh_pg_url: str, tmp_path: Path) -> None:
+    env = production_env(fresh_pg_url, tmp_path)
+    assert run("photo-api", "db", "upgrade", "0001", env=env, cwd=tmp_path).returncode == 0
+    current = run("photo-api", "db", "current", env=env, cwd=tmp_path)
+    assert (current.returncode, current.stdout.strip()) == (1, f"0001 (head: {migrate.head()}) needs upgrade")
 
 
 def test_db_command_refuses_an_invalid_configuration(tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ def test_probe_result_is_shared_for_max_age(settings: Settings) -> None:
     try:
         assert probe.last() is None
         first = probe.check()
-        assert first["status"] == HEALTHY and first["latency_ms"] >= 0
+        assert first["database"]["status"] == HEALTHY and first["database"]["latency_ms"] >= 0
+        assert first["schema"]["status"] == HEALTHY
         clock.now += 0.9
         assert [probe.check() for _ in range(10)] == [first] * 10
         assert probe.runs == 1  # ten probes from the load balancers, one query

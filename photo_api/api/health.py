@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Flask, Response, current_app
 from flask.blueprints import BlueprintSetupState
 
 from .. import health, lifecycle, metrics
@@ -24,17 +24,26 @@ def _create_probe(state: BlueprintSetupState) -> None:
     )
 
 
-def _readiness() -> Response:
-    rt = runtime()
+def readiness_report(app: Flask) -> health.HealthReport:
+    """Evaluate `app`'s readiness (probing the database unless its last probe is fresh) and record the gauges.
+
+    The gunicorn config calls it once as each worker boots, before the worker accepts a request, so that
+    `photo_api_ready` and `photo_api_health_check_status` exist from a worker's first moment.
+    """
+    rt = app.extensions["photo_api"]
     # Storage and CDN never fail the probe: one broken dependency must not empty the whole fleet.
     informational = {
         "object_storage": health.storage_status(rt.storage),
         "cdn": health.cdn_status(rt.cdn),
     }
-    report = health.readiness(
-        current_app.extensions[PROBE_KEY], draining=lifecycle.is_draining(), informational=informational
-    )
+    report = health.readiness(app.extensions[PROBE_KEY], draining=lifecycle.is_draining(), informational=informational)
     metrics.health_report(report.ok, report.checks)
+    return report
+
+
+def _readiness() -> Response:
+    rt = runtime()
+    report = readiness_report(current_app)
     body = HealthOut(
         status=report.status,  # type: ignore[arg-type]
         timestamp=report.timestamp,

@@ -81,6 +81,8 @@ class CheckOut(BaseModel):
     status: str
     latency_ms: float | None = None
     circuit: Literal["closed", "open", "half_open"] | None = None
+    current: str | None = Field(default=None, description="schema: the database's revision (absent: not migrated)")
+    expected: str | None = Field(default=None, description="schema: the newest revision this version knows")
 
 
 class HealthOut(BaseModel):

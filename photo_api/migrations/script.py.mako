@@ -15,6 +15,9 @@ revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# Expand (additive: the previous release still works) keeps the parent's epoch; contract (drop, rename,
+# NOT NULL on an existing column) increments it. See photo_api/migrate.py and docs/deploy.md.
+schema_epoch = FILL_IN
 
 
 def upgrade() -> None:

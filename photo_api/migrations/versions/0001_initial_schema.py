@@ -14,6 +14,8 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# The schema generation this revision belongs to (photo_api/migrate.py): the first.
+schema_epoch = 1
 
 
 def upgrade() -> None:
