@@ -83,7 +83,15 @@ LOG_FLUSH_ON_EXIT_S = 5.0
 
 
 def post_worker_init(worker: Any) -> None:
-    """Worker, app loaded: register what this worker closes on its way out (see lifecycle.worker_shutdown)."""
+    """Worker, app loaded, not accepting yet: probe readiness once, and register what it closes on its way out."""
+    from photo_api.api.health import readiness_report
+
+    try:
+        # Sets photo_api_ready and photo_api_health_check_status before any load balancer probe reaches
+        # this worker, so a replaced worker never leaves them absent; bounded by HEALTH_CHECK_TIMEOUT.
+        readiness_report(worker.wsgi)
+    except Exception:
+        worker.log.exception("boot readiness probe failed")
     runtime = worker.wsgi.extensions["photo_api"]
     shipper = runtime.log_shipper
     if shipper is not None:

@@ -71,6 +71,8 @@ UPLOAD_RESULTS = ("ok", "rejected", "failed")  # rejected: the client's fault (4
 DELIVERY_PATHS = ("cdn", "stream")
 DELIVERY_RESULTS = ("ok", "partial", "not_modified", "not_found", "error")
 RETRY_RESULTS = ("retry", "giveup")
+BREAKER_STATES = ("closed", "open", "half_open")
+FALLBACK_SERVICES = ("cdn",)  # cdn: the image was streamed from storage instead of redirected
 OUTCOMES = ("ok", "error", "timeout", "unavailable", "circuit_open", "cancelled")
 
 # Request latency: an API answer takes milliseconds, an upload's handler receives the whole body (minutes
@@ -121,13 +123,13 @@ class Catalogue:
         )
         self.ready = Gauge(
             "photo_api_ready",
-            "1 if the latest readiness probe answered 200, 0 if 503 (absent before the first probe)",
+            "1 if the latest readiness probe answered 200, 0 if 503 (each worker probes once as it boots)",
             registry=r,
             multiprocess_mode="livemostrecent",
         )
         self.health_check_status = Gauge(
             "photo_api_health_check_status",
-            "Latest result of each health check: 1 healthy, 0 unhealthy or timed out",
+            "Latest result of each health check: 1 healthy, 0 unhealthy, timed out or unknown",
             ["check"],
             registry=r,
             multiprocess_mode="livemostrecent",
@@ -236,11 +238,15 @@ class Catalogue:
         for path in DELIVERY_PATHS:
             for result in DELIVERY_RESULTS:
                 self.image_deliveries.labels(path, result)
+        for service in FALLBACK_SERVICES:
+            self.fallbacks.labels(service)
 
     def watch_service(self, service: str) -> None:
         """Create the series of one dependency (breaker closed, no retries) before its first event."""
         self.breaker_state.labels(service).set(0)
         self.breaker_rejected.labels(service)
+        for state in BREAKER_STATES:
+            self.breaker_transitions.labels(service, state)
         for result in RETRY_RESULTS:
             self.retry_attempts.labels(service, result)
 
@@ -480,15 +486,15 @@ def log_dropped(count: int = 1) -> None:
 
 
 def health_report(ok: bool, checks: Mapping[str, Mapping[str, Any]]) -> None:
-    """Record a readiness answer: `photo_api_ready` and one status per check (disabled/unknown ones skipped)."""
-    from .health import HEALTHY, TIMEOUT, UNHEALTHY
+    """Record a readiness answer: `photo_api_ready` and one status per check (1 healthy, else 0; disabled skipped)."""
+    from .health import DISABLED, HEALTHY
 
     if _catalogue is None:
         return
     _catalogue.ready.set(1 if ok else 0)
     for name, check in checks.items():
         status = check.get("status")
-        if status in (HEALTHY, UNHEALTHY, TIMEOUT):
+        if status != DISABLED:
             _catalogue.health_check_status.labels(name).set(1 if status == HEALTHY else 0)
 
 

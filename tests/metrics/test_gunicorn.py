@@ -1,9 +1,10 @@
 """Metrics of a real `photo-api serve` (gunicorn master + 2 gevent workers), read the way Prometheus reads
 them: one scrape of the master's METRICS_PORT.
 
-What an operator relies on (OPERATIONS.md "Metrics", research notes §3): the scrape is the exact sum over
-every worker; a worker killed and replaced takes its gauges with it but never its counts; the master
-answers through the drain and the graceful stop; labels are route templates, never paths or tokens.
+What an operator relies on: the scrape is the exact sum over every worker; a worker killed and replaced
+takes its gauges with it but never its counts, and the readiness gauges are back as soon as a new worker
+boots; the master answers through the drain and the graceful stop; labels are route templates, never
+paths or tokens.
 """
 
 from __future__ import annotations
@@ -141,6 +142,34 @@ def test_a_killed_worker_takes_its_gauges_but_never_its_counts(start_instance: S
     for _ in range(4):
         assert get(conn, "/auth/me", headers) == 200
     assert instance.scrape().value("photo_api_http_requests_total", **ME) == before + 4
+
+
+def test_readiness_gauges_exist_before_any_probe_and_after_every_worker_is_replaced(
+    start_instance: StartInstance,
+) -> None:
+    instance = start_instance(workers=2)
+    # No load balancer has probed /health yet: each worker probed once as it booted, before accepting.
+    scraped = instance.scrape()
+    assert scraped.value("photo_api_ready") == 1
+    for check in ("database", "schema", "object_storage"):
+        assert scraped.value("photo_api_health_check_status", check=check) == 1, check
+    assert scraped.value("photo_api_health_check_status", check="cdn") is None  # no CDN configured
+    assert scraped.value("photo_api_fallbacks_total", service="cdn") == 0  # known in advance: 0, not absent
+
+    old = set(instance.server.worker_pids())
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    instance.server.wait_for(
+        lambda: len(set(instance.server.worker_pids()) - old) == 2 and not old & set(instance.server.worker_pids()),
+        10,
+        "every worker replaced",
+    )
+    # An answer from the new workers means one of them has booted; still no /health request anywhere.
+    assert requests.get(instance.server.url("/health/liveness"), timeout=HTTP_TIMEOUT_S).status_code == 200
+    scraped = instance.scrape()
+    assert scraped.value("photo_api_ready") == 1
+    assert scraped.value("photo_api_health_check_status", check="database") == 1
+    assert scraped.value("photo_api_health_check_status", check="schema") == 1
 
 
 def test_the_master_answers_scrapes_through_the_drain_and_the_graceful_stop(start_instance: StartInstance) -> None:

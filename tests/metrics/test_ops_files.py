@@ -31,7 +31,6 @@ NOT_YET_PRODUCED = frozenset(
     {
         "photo_api_external_request_duration_seconds_bucket",
         "photo_api_external_request_duration_seconds_count",
-        "photo_api_fallbacks_total",
     }
 )
 MAIN_ALERTS = {

@@ -128,6 +128,10 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
     # The dependency's series exist before anything happened: closed, nothing retried.
     assert value("photo_api_circuit_breaker_state", service=service) == 0
     assert value("photo_api_retry_attempts_total", service=service, result="retry") == 0
+    assert value("photo_api_retry_attempts_total", service=service, result="giveup") == 0
+    assert value("photo_api_circuit_breaker_rejected_total", service=service) == 0
+    for state in ("closed", "open", "half_open"):
+        assert value("photo_api_circuit_breaker_transitions_total", service=service, state=state) == 0, state
 
     # Three 503s: two retries, the third failure gives up and opens the circuit.
     dependency.statuses = [503] * MAX_TRIES
