@@ -54,7 +54,8 @@ class Database:
         """Run `SELECT 1` within `timeout` seconds and return the latency in ms; raise on failure or timeout."""
         start = time.perf_counter()
         # Under gevent the deadline interrupts a blackholed connect or a hung query; SQLAlchemy then
-        # invalidates only that connection (research notes §6). The server-side timeout is the backstop.
+        # invalidates only that connection (a gevent.Timeout is one of its "exit exceptions"). The
+        # server-side statement timeout is the backstop when the deadline cannot fire (outside gevent).
         with deadline(timeout), self.engine.connect() as conn:
             if self.is_postgresql:
                 conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout * 1000)}"))
@@ -131,7 +132,7 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
     def _connect_with_deadline(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
         def connect() -> Any:
             # With psycogreen, libpq connects asynchronously and `connect_timeout` is not applied, so a
-            # SYN-dropping host would hang the greenlet: bound it ourselves (research notes §6).
+            # SYN-dropping host would hang the greenlet: bound it ourselves.
             with deadline(connect_timeout, dbapi.OperationalError(f"connect timeout ({connect_timeout:g}s)")):
                 return dbapi.connect(*cargs, **cparams)
 
