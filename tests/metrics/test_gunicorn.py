@@ -1,9 +1,10 @@
 """Metrics of a real `photo-api serve` (gunicorn master + 2 gevent workers), read the way Prometheus reads
 them: one scrape of the master's METRICS_PORT.
 
-What an operator relies on (OPERATIONS.md "Metrics", research notes §3): the scrape is the exact sum over
-every worker; a worker killed and replaced takes its gauges with it but never its counts; the master
-answers through the drain and the graceful stop; labels are route templates, never paths or tokens.
+What an operator relies on: the scrape is the exact sum over every worker; a worker killed and replaced
+takes its gauges with it but never its counts, and the readiness gauges are back as soon as a new worker
+boots; the master answers through the drain and the graceful stop; labels are route templates, never
+paths or tokens.
 """
 
 from __future__ import annotations
