@@ -137,7 +137,7 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
     def _connect_with_deadline(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
         def connect() -> Any:
             # With psycogreen, libpq connects asynchronously and `connect_timeout` is not applied, so a
-            # SYN-dropping host would hang the greenlet: bound it ourselves (research notes §6).
+            # SYN-dropping host would hang the greenlet: bound it ourselves.
             with deadline(connect_timeout, dbapi.OperationalError(f"connect timeout ({connect_timeout:g}s)")):
                 return dbapi.connect(*cargs, **cparams)
 

@@ -2,8 +2,10 @@
 
 Values come from the validated settings. The hooks below are the instance lifecycle (lifecycle.py):
 the shared draining page, the SIGTERM drain, psycogreen in each worker, and the shutdown hooks. Keep
-each hook a plain function that others can add a line to; which process runs each hook is in the
-research notes §1.3.
+each hook a plain function that others can add a line to. Where each runs: `on_starting`, `when_ready`,
+`child_exit` and `on_exit` in the master (`on_exit` after every worker has exited); `post_fork` in the
+worker right after the fork, before gevent patches it and before the app is imported; `post_worker_init`,
+`pre_request` and `worker_exit` in the worker once it is patched and has the app.
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ and the shutdown hooks.
 The flag lives in an anonymous shared mmap created in the master before it forks (the gunicorn config
 calls `init_shared_state()` in `on_starting`): every worker inherits the same page, so when the master
 flips "draining" on SIGTERM every worker sees it at once, and a worker that replaces a crashed one
-during the drain inherits it too (research notes §1.6). Outside gunicorn the page is simply private to
+during the drain inherits it too. (A flag set by each worker would flip readiness on every worker
+restart, and a flag file can go stale across restarts.) Outside gunicorn the page is simply private to
 the process.
 
-Stopping an instance (OPERATIONS.md "Lifecycle on one instance"):
+Stopping an instance (docs/operations.md, "Instance lifecycle"):
 
 1. first SIGTERM → `Drain.handle_term`: the flag flips, readiness answers 503 `draining` in every
    worker, the listeners stay open for `DRAIN_DELAY_SECONDS` while the load balancer notices, and every
@@ -104,8 +105,8 @@ class Drain:
 
     Installed by `install(server)` from the `when_ready` hook, i.e. in the master's main thread after
     gunicorn has set up its signal handlers. gunicorn only queues signals and dispatches them from its
-    main loop to `server.handle_<name>`, so an instance attribute `handle_term` replaces the default
-    (research notes §1.1). A second SIGTERM is queued as SIGQUIT instead, which gunicorn honours both in
+    main loop to `getattr(server, "handle_<name>")`, so an instance attribute `handle_term` replaces the
+    default. A second SIGTERM is queued as SIGQUIT instead, which gunicorn honours both in
     its main loop and while it waits for workers in a graceful stop.
     """
 

@@ -1,6 +1,8 @@
-"""Prometheus metrics: the catalogue of OPERATIONS.md, what feeds it, and the gunicorn master that serves it.
+"""Prometheus metrics: the catalogue (docs/operations.md, "Metrics"), what feeds it, and the gunicorn master
+that serves it.
 
-Under gunicorn (`photo-api serve`) prometheus_client runs in multiprocess mode (research notes §3):
+Under gunicorn (`photo-api serve`) prometheus_client runs in multiprocess mode, because each worker is a
+process of its own with its own values; the master sums them:
 
 * every worker writes its values to mmap files in a directory private to the instance
   (`PROMETHEUS_MULTIPROC_DIR`; by default a fresh one under /dev/shm named after the master's pid),
@@ -19,7 +21,7 @@ registry that nothing serves: the code paths are identical and tests read it wit
 prometheus-flask-exporter provides the master's server and the dead-worker bookkeeping
 (`GunicornPrometheusMetrics`), but not the HTTP metrics: its defaults are named
 `<prefix>_http_request_total{method,status}` (singular, no endpoint label), which cannot give the names of
-the spec. The request hooks below record them instead, labelled like its `group_by="url_rule"`: by the
+the catalogue. The request hooks below record them instead, labelled like its `group_by="url_rule"`: by the
 route template, never the raw path. This module is the one place outside `api/` that reads Flask's
 `request`; it is a Flask extension, like the exporter it stands in for.
 
@@ -91,7 +93,7 @@ PUSH_THREAD_JOIN_S = PUSH_TIMEOUT_S + 1
 
 
 class Catalogue:
-    """Every metric of OPERATIONS.md "Metrics" that a worker records (the master adds app info and draining).
+    """Every metric of the catalogue that a worker records (the master adds app info and draining).
 
     Gauges say how the workers' values combine (`multiprocess_mode`): `livesum` for amounts (in flight,
     pool, queue), `livemax` for the breaker state (the worst worker), `livemostrecent` for the latest

@@ -1,10 +1,12 @@
 """The one place where deadlines, retries and circuit breakers are composed around outbound calls.
 
-Order (research notes §5, STYLE rule 7): total deadline outermost → `backoff` retries → circuit
-breaker → the call. The breaker sees every real attempt, so it trips on real failures; once open, the
-inner call raises at once, which `backoff` does not retry, so a dead dependency costs no I/O and no
-sleeps. Callers see one exception type, `DependencyUnavailable` (with a `retry_after` hint), which
-the storage/CDN/log layers translate into their own vocabulary.
+Order: total deadline outermost → `backoff` retries → circuit breaker → the call (docs/operations.md,
+"Resilience of outbound calls"). The breaker sees every real attempt, so it trips on real failures;
+once open, the inner call raises at once, which `backoff` does not retry, so a dead dependency costs no
+I/O and no sleeps. (With the breaker outside the retries, it would count one failure per request, not
+per attempt, trip RETRY_MAX_TRIES times later, and every request would keep retrying a dead dependency
+for its whole retry budget.) Callers see one exception type, `DependencyUnavailable` (with a
+`retry_after` hint), which the storage/CDN/log layers translate into their own vocabulary.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Numeric codes of the breaker state gauge (OPERATIONS.md: 0 closed, 1 open, 2 half-open).
+# Numeric codes of the breaker state gauge (photo_api_circuit_breaker_state: 0 closed, 1 open, 2 half-open).
 STATE_CODES = {STATE_CLOSED: 0, STATE_OPEN: 1, STATE_HALF_OPEN: 2}
 # Statuses worth another try: the dependency may answer differently a moment later.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -72,8 +74,8 @@ def _is_timeout(exc: BaseException) -> bool:
 def counts_as_failure(exc_type: type[BaseException], exc: BaseException) -> bool:
     """Breaker predicate: transient errors and gevent timeouts are failures; anything else is an answer.
 
-    gevent.Timeout is a BaseException which the stock breaker would treat as success and use to *reset*
-    the failure count (research notes §4), so it is listed explicitly.
+    gevent.Timeout is a BaseException, which the stock breaker (circuitbreaker 2.1) treats like a success:
+    it would *reset* the failure count instead of adding to it, so it is listed explicitly.
     """
     return issubclass(exc_type, TRANSIENT_EXCEPTIONS) or _is_timeout(exc)
 
@@ -121,7 +123,7 @@ class Policy:
         return (self.connect_timeout, self.read_timeout)
 
 
-# The retry and breaker settings a service may override (OPERATIONS.md: "per-service overrides allowed"):
+# The retry and breaker settings a service may override (docs/operations.md, "Retries and circuit breakers"):
 # `{SERVICE}_RETRY_MAX_TRIES` wins over `RETRY_MAX_TRIES` when the Settings field exists and is set.
 OVERRIDABLE = (
     "retry_max_tries",
@@ -186,7 +188,7 @@ class Breaker(CircuitBreaker):
     """fabfuel's breaker with three fixes: one trial call when half-open, an injectable clock, state events.
 
     The stock breaker admits every caller while half-open (a stampede on a dependency that is just
-    recovering) and reads `time.monotonic` directly (research notes §4).
+    recovering) and reads `time.monotonic` directly, so tests could not move its clock.
     """
 
     def __init__(

@@ -62,7 +62,7 @@ def parse_timestamp(value: str) -> datetime:
 
 
 def assert_health_body(body: dict[str, Any], settings: Settings, status: str) -> None:
-    """The /health body has exactly the shape API.md gives."""
+    """The /health body has exactly the shape docs/api.md gives."""
     assert set(body) == HEALTH_KEYS
     assert body["status"] == status
     assert abs(parse_timestamp(body["timestamp"]).timestamp() - time.time()) < 60

@@ -1,6 +1,6 @@
 """What /health costs: its latency at 200 requests/s, and the database load that load balancers' probes cause.
 
-    /tmp/pv/bin/python ops/bench/health_bench.py            # from the repository root, ~1 minute
+    .venv/bin/python ops/bench/health_bench.py              # from the repository root, ~1 minute
 
 A real `photo-api serve` (production settings, 2 gevent workers) on loopback, PostgreSQL from
 BENCH_POSTGRES_URL / TEST_POSTGRES_URL (default: the local server; a temporary database is created and

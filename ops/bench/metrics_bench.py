@@ -1,7 +1,7 @@
 """What metrics cost: the time of one scrape of METRICS_PORT with 2 and 4 workers, and requests/s of an
 authenticated `GET /photos` with metrics on versus off (METRICS_ENABLED=false).
 
-    /tmp/pv/bin/python ops/bench/metrics_bench.py            # from the repository root, ~2 minutes
+    .venv/bin/python ops/bench/metrics_bench.py              # from the repository root, ~2 minutes
 
 Real `photo-api serve` processes (production settings, gevent workers) on loopback, PostgreSQL from
 BENCH_POSTGRES_URL / TEST_POSTGRES_URL (default: the local server; a temporary database is created and

@@ -1,14 +1,14 @@
-"""Photo benchmarks of issue 3: upload memory, upload throughput, and read load.
+"""Photo benchmarks: upload memory, upload throughput, and read load.
 
-    /tmp/pv/bin/python -m ops.bench.photos_bench memory       # ~1 minute
-    /tmp/pv/bin/python -m ops.bench.photos_bench throughput   # ~1 minute
-    /tmp/pv/bin/python -m ops.bench.photos_bench read         # ~2 minutes (uses wrk when installed)
-    /tmp/pv/bin/python -m ops.bench.photos_bench all
+    .venv/bin/python -m ops.bench.photos_bench memory         # ~1 minute
+    .venv/bin/python -m ops.bench.photos_bench throughput     # ~1 minute
+    .venv/bin/python -m ops.bench.photos_bench read           # ~2 minutes (uses wrk when installed)
+    .venv/bin/python -m ops.bench.photos_bench all
 
 From the repository root. Each command creates its own PostgreSQL database (BENCH_POSTGRES_URL or
 TEST_POSTGRES_URL, default the local server with trust auth) and temporary directory, starts a real
 `photo-api serve` (production settings, 2 gevent workers) on loopback, prints its figures and removes
-everything again. ops/bench/RESULTS.md ("Photos (issue 3)") keeps the recorded ones.
+everything again. ops/bench/RESULTS.md ("Photos") keeps the recorded ones.
 
 - memory: peak RSS of the worker that takes the upload, sampled from /proc every 5 ms, while uploading
   a 1 MiB and a 100 MiB JPEG (MAX_UPLOAD_BYTES raised for the run). Streaming means no difference.

@@ -1,8 +1,8 @@
-"""Object storage resilience benchmarks of issue 4: an open breaker, the rest of the API during an outage,
+"""Object storage resilience benchmarks: an open breaker, the rest of the API during an outage,
 and upload throughput to Swift.
 
-    /tmp/pv/bin/python -m ops.bench.storage_bench            # all three, from the repository root, ~4 min
-    /tmp/pv/bin/python -m ops.bench.storage_bench upload     # or one of: open, list, upload
+    .venv/bin/python -m ops.bench.storage_bench              # all three, from the repository root, ~4 min
+    .venv/bin/python -m ops.bench.storage_bench upload       # or one of: open, list, upload
 
 Everything is started here and removed again: a Swift on loopback (`ops/swift-saio.sh start <tmpdir>`,
 stopped at the end), a fault proxy in front of it (tests/faultproxy.py, in this process), a PostgreSQL

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, PlainSerializer, StringConstraints, computed_field
 
-# UTC ISO-8601 with a `Z` suffix, as the contract says, whatever zone object the value carries.
+# UTC ISO-8601 with a `Z` suffix, as the contract says (docs/api.md), whatever zone object the value carries.
 UtcDatetime = Annotated[
     datetime,
     PlainSerializer(lambda v: v.astimezone(UTC).isoformat().replace("+00:00", "Z"), return_type=str, when_used="json"),

@@ -1,7 +1,7 @@
 """Clients of external HTTP services (CDN auth tokens, Log & Crash), built from Settings in one place.
 
 Each client receives plain values and a `Resilient` made from `policy_from_settings`, so timeouts,
-retries and breakers are configured here and composed in `resilience.py` (STYLE rules 2, 6, 7).
+retries and breakers are configured here and composed in `resilience.py`, never inside a client.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def policy_from_settings(settings: Settings, service: str) -> Policy:
     "cdn" runs on the request path with a streaming fallback, so CDN_TIMEOUT is both the read timeout
     of one attempt and the total deadline of the lookup: past it, the image is streamed instead. "log"
     runs in the background, so its deadline leaves room for the whole retry budget (RETRY_MAX_TIME)
-    plus one last attempt (backoff's max_time is soft, research notes §5).
+    plus one last attempt (backoff checks max_time only before an attempt, so the last one may start
+    just before the budget runs out and then take its whole timeout).
     """
     if service == "cdn":
         return policy_for(settings, "cdn", read_timeout=settings.cdn_timeout)
@@ -38,7 +39,8 @@ def build_cdn_tokens(
     """The CDN token client, or None when NHN_CDN_DOMAIN is not set (images are then always streamed).
 
     `path_prefix` is the object's directory on the CDN; by default ``/{NHN_STORAGE_CONTAINER}``, for an
-    origin that is the storage account root (the replaced service's layout, nhn-apis.md §4 item 12).
+    origin that is the storage account root, as the replaced service's CDN was set up (docs/nhn-cloud.md,
+    "CDN auth tokens").
     """
     if not settings.nhn_cdn_domain:
         return None

@@ -1,14 +1,15 @@
 """NHN Cloud CDN auth tokens: signed image URLs from the auth-token API or computed locally.
 
-Two modes (nhn-apis.md §2):
+Two modes (docs/nhn-cloud.md, "CDN auth tokens", has the exact requests and the algorithm):
 
 * ``api`` — POST ``{api_url}/v2.0/appKeys/{appKey}/auth-token`` with ``Authorization: {secret key}`` and
   ``{encryptKey, durationSeconds, singlePath}``. The HTTP status is always 200 when the API answered;
   ``header.isSuccessful=false`` is a failure. Every call goes through `Resilient` (the "cdn" policy).
-* ``local`` — the same token format computed here with HMAC-SHA256 (§2.4); no network at all.
+* ``local`` — the same token format computed here with HMAC-SHA256, as NHN's console guide documents it;
+  no network at all.
 
 The token travels in the query string (``https://{domain}{path}?token=…``), so the CDN console's
-"Token Location" must be set to **Query String** (§2.3). The path is the object's path on the CDN:
+"Token Location" must be set to **Query String**. The path is the object's path on the CDN:
 ``{path_prefix}/{object key}``, percent-encoded as UTF-8 — with an Object Storage origin on the account
 root that prefix is ``/{container}``; with the container URL itself as origin it is empty.
 
@@ -36,9 +37,9 @@ log = logging.getLogger(__name__)
 
 TokenMode = Literal["api", "local"]
 DEFAULT_API_URL = "https://cdn.api.nhncloudservice.com"
-# §2.1: NHN rejects these in paths (code 10038); `~` also separates the token's own fields.
+# NHN's API rejects these in paths (resultCode 10038); `~` also separates the token's own fields.
 FORBIDDEN_PATH_CHARS = frozenset("!~")
-# resultCodes that say "try again": processing failure, unknown error, generic FAIL (§2.2). Everything
+# resultCodes that say "try again": processing failure, unknown error, generic FAIL. Everything
 # else (bad app key, bad secret, missing field, bad path) is a configuration or input error that a retry
 # cannot fix.
 RETRYABLE_RESULT_CODES = frozenset({30000, 80500, -1})
@@ -48,7 +49,7 @@ CONFIG_RESULT_CODES = frozenset({10033, 10034, 20001, 20002})
 # paying one failed round trip (and one error line) per image request.
 CONFIG_ERROR_COOLDOWN_S = 60.0
 # A cached token is not handed out during the last 10 % of its life, and never with less than 30 s
-# left (a client follows the redirect at once, but clocks drift and NHN asks for ~10 s of slack, §2.3).
+# left (a client follows the redirect at once, but clocks drift and NHN asks for ~10 s of slack).
 SAFETY_MARGIN_FRACTION = 0.1
 MIN_SAFETY_MARGIN_S = 30.0
 
@@ -83,7 +84,7 @@ class CdnApiError(Exception):
 
 
 def escape(value: str) -> str:
-    """NHN's token escaping (§2.4): Java ``URLEncoder.encode(value, "UTF-8")`` with lower-case escapes."""
+    """NHN's token escaping: Java ``URLEncoder.encode(value, "UTF-8")`` with lower-case escapes."""
     # quote_plus differs from URLEncoder only on `~` (kept here, %7E in Java), which paths may not contain.
     return _ESCAPE_SEQUENCE.sub(lambda m: m.group(0).lower(), quote_plus(value, safe="*"))
 
@@ -96,7 +97,7 @@ def compute_token(
     acl: Sequence[str] = (),
     session_id: str | None = None,
 ) -> str:
-    """The token NHN's API would issue (§2.4): ``exp=…[~acl=…][~id=…]~hmac=…``, HMAC-SHA256 with the hex key.
+    """The token NHN's API would issue: ``exp=…[~acl=…][~id=…]~hmac=…``, HMAC-SHA256 with the hex key.
 
     Give either `path` (single path: signed as ``url=…`` but not copied into the token) or `acl`
     (wildcard paths such as ``/dir/*``, joined with ``!`` before escaping).

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 LOG_VERSION = "v2"
 LOG_SOURCE = "API"
 LOG_TYPE = "log"
-# Names the collector gives a meaning to; a custom field may not reuse them (§3).
+# Names the collector gives a meaning to; a custom field may not reuse them (docs/nhn-cloud.md).
 BASIC_FIELDS = frozenset(
     {
         "projectName",
@@ -63,7 +63,7 @@ BASIC_FIELDS = frozenset(
     }
 )
 _BASIC_LOWER = frozenset(name.lower() for name in BASIC_FIELDS)
-# Limits of the collection API (§3). Text fields are cut below 1 MB so they stay searchable; a request
+# Limits of the collection API. Text fields are cut below 1 MB so they stay searchable; a request
 # stays under 52 MB with room for the array brackets.
 MAX_TEXT_BYTES = 1_000_000
 MAX_CUSTOM_VALUE_BYTES = 1024
@@ -309,7 +309,7 @@ class LogShipper(logging.Handler):
         )
 
     def _item(self, entry: _Entry) -> dict[str, Any]:
-        """The Log & Crash item of a queued entry (§3 fields, valid custom keys, secrets removed)."""
+        """The Log & Crash item of a queued entry (the collector's fields, valid custom keys, secrets removed)."""
         item: dict[str, Any] = {
             "projectName": self.appkey,
             "projectVersion": self.project_version,

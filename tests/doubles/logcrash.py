@@ -1,4 +1,4 @@
-"""The NHN Log & Crash collector (`POST /v2/log`), written from the documented contract (nhn-apis.md §3).
+"""The NHN Log & Crash collector (`POST /v2/log`), written from the documented contract (docs/nhn-cloud.md).
 
 Accepts one object or an array. A request over 52 MB is refused (413); an item over 8 MB, a wrong
 `logVersion`, an unknown `projectName`, a bad `projectVersion` or a bad custom key fail that item only:

@@ -1,7 +1,7 @@
-"""NHN Cloud CDN doubles, written from the documented contract (nhn-apis.md §2), not from our client.
+"""NHN Cloud CDN doubles, written from the documented contract (docs/nhn-cloud.md), not from our client.
 
 `CdnApiDouble` is the auth-token API: always HTTP 200 once it answers, `header.isSuccessful=false`
-with the documented result codes, tokens computed with the documented algorithm (§2.4).
+with the documented result codes, tokens computed with the documented algorithm.
 `CdnEdgeDouble` is an edge serving `GET /<path>?token=…` (or the `token` header / cookie), checking the
 token with the same HMAC and answering 403 when it is missing, forged or expired.
 
@@ -43,7 +43,7 @@ def java_urlencode_lower(text: str) -> str:
 
 
 def nhn_token(encrypt_key: str, expires: int, *, url: str | None = None, acl: list[str] | None = None) -> str:
-    """The token of §2.4 for one single path (`url`, signed but not included) or wildcard paths (`acl`)."""
+    """NHN's token for one single path (`url`, signed but not included) or wildcard paths (`acl`)."""
     fields = [f"exp={expires}"]
     if acl:
         fields.append("acl=" + java_urlencode_lower("!".join(acl)))
@@ -58,7 +58,7 @@ def _result(code: int, message: str, **extra: Any) -> Reply:
 
 
 class CdnApiDouble:
-    """The CDN auth-token API (§2.1-2.2) with failure switches and a request counter."""
+    """The CDN auth-token API with failure switches and a request counter."""
 
     def __init__(self, *, app_key: str, secret_key: str, clock: Callable[[], float] = time.time):
         self.app_key = app_key

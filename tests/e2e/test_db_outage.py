@@ -35,7 +35,7 @@ HEALTH_CACHE_S = 1.0
 HEALTH_ONLY_S = 1.0
 RECOVERY_BOUND_S = 5.0
 RECOVERY_PROBE_CONCURRENCY = 6
-# The spec's bound for every /health answer (API.md "Health").
+# The contract's bound for every /health answer (docs/api.md, "Health").
 HEALTH_BOUND_S = HEALTH_CHECK_TIMEOUT_S + 0.1
 # A request needing the database: the pooled connection's ping (health timeout), then one connect
 # attempt (connect deadline) at most; most fail at once because a recent connect failed.

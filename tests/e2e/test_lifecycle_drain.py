@@ -1,6 +1,6 @@
 """The SIGTERM drain of a real `photo-api serve` (gunicorn master + 2 gevent workers), timed from outside.
 
-What the load balancer relies on (OPERATIONS.md "Lifecycle on one instance", lifecycle.py): readiness
+What the load balancer relies on (docs/operations.md "Instance lifecycle", lifecycle.py): readiness
 turns 503 in every worker at once, the instance keeps accepting and serving for DRAIN_DELAY_SECONDS
 with `Connection: close` on every response, a request in flight when the listeners close still
 completes, and the master is gone before DRAIN_DELAY_SECONDS + GRACEFUL_TIMEOUT with exit code 0.

@@ -1,8 +1,9 @@
 """`photo-api serve` for real: gunicorn + gevent workers over HTTP on loopback, PostgreSQL and SQLite.
 
 The key test shows what psycogreen buys: a request stuck in PostgreSQL must not freeze the other
-requests of its worker (research notes §6). It runs twice: with psycogreen, as deployed, and with the
-DISABLE_PSYCOGREEN diagnostic switch, to prove the test fails when the patch is missing.
+requests of its worker (without psycogreen, psycopg2 blocks the whole event loop while it waits for
+PostgreSQL). It runs twice: with psycogreen, as deployed, and with the DISABLE_PSYCOGREEN diagnostic
+switch, to prove the test fails when the patch is missing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ PROBE_INTERVAL_S = 0.2
 # A health probe on a worker whose event loop runs: a few ms; the LB's probe timeout is seconds.
 RESPONSIVE_PROBE_S = 0.5
 DRAIN_S = 2.0
-# The drain, then a gevent worker notices SIGTERM within 1 s (research §1.2) and exits.
+# The drain, then a gevent worker notices SIGTERM within 1 s (its run loop checks once a second) and exits.
 SIGTERM_EXIT_BOUND_S = DRAIN_S + 5
 
 

@@ -1,8 +1,9 @@
 """Pushing to Debian's real `prometheus-pushgateway`: one aggregated group per instance, from the master.
 
-OPERATIONS.md: the push happens at PROMETHEUS_PUSH_INTERVAL_SECONDS from one process (the sum over every
-worker, grouped by instance), a final push on shutdown keeps the last values for
-PROMETHEUS_PUSH_LINGER_SECONDS, and then the group is deleted so that a scaled-in instance does not linger.
+As docs/operations.md ("Metrics") says: the push happens at PROMETHEUS_PUSH_INTERVAL_SECONDS from one
+process (the sum over every worker, grouped by instance), a final push on shutdown keeps the last values
+for PROMETHEUS_PUSH_LINGER_SECONDS, and then the group is deleted so that a scaled-in instance does not
+linger.
 """
 
 from __future__ import annotations

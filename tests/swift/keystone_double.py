@@ -1,4 +1,4 @@
-"""A Keystone v2 identity service on loopback, written from NHN's documented contract (nhn-apis.md §1.2, §5).
+"""A Keystone v2 identity service on loopback, written from NHN's documented contract (docs/nhn-cloud.md).
 
 `POST /v2.0/tokens` with `auth.tenantId` + `auth.passwordCredentials` answers 200 with `access.token`
 (`id`, `expires`, `issued_at`, `tenant`), a `serviceCatalog` whose object-store endpoints are set by
