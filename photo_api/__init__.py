@@ -17,6 +17,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     import logging
 
     from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
 
     from . import api, metrics, migrate
     from .config import development_defaults, load_settings
@@ -36,6 +37,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         DEBUG=settings.debug,
     )
     app.url_map.strict_slashes = False  # `/photos` and `/photos/` both answer, with no redirect
+    if settings.trusted_proxy_count:
+        # X-Forwarded-For/-Proto/-Host count only as appended by our own proxies (the last N values):
+        # anyone can send these headers, so trusting more hops than exist would let a client choose them.
+        n = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     app.extensions["photo_api"] = runtime
 
     configure_logging(

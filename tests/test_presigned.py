@@ -281,6 +281,20 @@ def test_upload_url_uses_public_base_url_when_set(make_client: Callable[..., tup
     assert r.get_json()["upload_url"].startswith("https://photos.example.com/uploads/u/")
 
 
+def test_upload_url_follows_trusted_proxies_only(make_client: Callable[..., tuple[Flask, FlaskClient]]) -> None:
+    forwarded = {"X-Forwarded-Host": "evil.test, photos.example.com", "X-Forwarded-Proto": "https"}
+    for trusted, base in ((0, "http://localhost"), (1, "https://photos.example.com")):
+        _, client = make_client(trusted_proxy_count=trusted)
+        user = Users(client).create(email=f"proxied{trusted}@example.com", username=f"proxied{trusted}")
+        r = client.post(
+            "/photos/presigned-url",
+            json={"filename": "a.png", "content_type": "image/png", "file_size": len(PNG)},
+            headers={**user["headers"], **forwarded},
+        )
+        assert r.status_code == 201, r.get_json()
+        assert r.get_json()["upload_url"].startswith(f"{base}/uploads/u/"), (trusted, r.get_json()["upload_url"])
+
+
 def test_pending_photo_cannot_be_confirmed_by_another_user(app: Flask, client: FlaskClient, users: Users) -> None:
     owner, other = users.create(), users.create()
     body = upload_photo(client, owner)

@@ -21,6 +21,7 @@ M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 JSON_TYPES = ("application/json",)
+WEB_SCHEMES = frozenset({"http", "https"})
 
 
 def runtime() -> Runtime:
@@ -124,6 +125,22 @@ def auth_required(view: F) -> F:
 
     wrapper._openapi = {**getattr(view, "_openapi", {}), "auth": True}  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def public_base_url() -> str:
+    """PUBLIC_BASE_URL, else this request's scheme and host (as the trusted proxies forwarded them).
+
+    `create_app` wraps the app in werkzeug's ProxyFix for TRUSTED_PROXY_COUNT proxies, so `request.host`
+    and `request.scheme` already carry the values our own proxies appended, never a client's. A scheme
+    other than http/https (a proxy passing on garbage) falls back to the one the request arrived with.
+    """
+    configured = runtime().settings.public_base_url
+    if configured:
+        return configured.rstrip("/")
+    scheme = request.scheme
+    if scheme not in WEB_SCHEMES:
+        scheme = request.environ.get("werkzeug.proxy_fix.orig", {}).get("wsgi.url_scheme", "http")
+    return f"{scheme}://{request.host}"
 
 
 def respond(body: BaseModel | list[Any] | dict[str, Any] | None, status: int = 200) -> Response:

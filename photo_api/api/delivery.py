@@ -6,6 +6,7 @@ import logging
 import re
 
 from flask import Response, request
+from werkzeug.http import parse_range_header
 
 from .. import metrics
 from ..clients import CdnUnavailable
@@ -20,50 +21,44 @@ log = logging.getLogger(__name__)
 # The redirect's Location carries an expiring token: no cache may keep it past the token's life.
 CDN_REDIRECT_CACHE_CONTROL = "private, no-store"
 
-_SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-# More digits than any object size needs; int() refuses strings past 4300 digits, and a longer
-# position is simply "beyond any object".
+# A position with more digits than this is past the end of any object; werkzeug's parser (like int())
+# refuses numbers of more than 4300 digits, which would turn a valid but huge range into "no range".
 _MAX_POSITION_DIGITS = 18
-
-
-def _position(digits: str) -> int:
-    significant = digits.lstrip("0") or "0"
-    return int(significant) if len(significant) <= _MAX_POSITION_DIGITS else 10**_MAX_POSITION_DIGITS
+_HUGE_POSITION = re.compile(rf"(?<!\d)0*[1-9]\d{{{_MAX_POSITION_DIGITS},}}")
+_BEYOND_ANY_OBJECT = str(10**_MAX_POSITION_DIGITS)
+_ZERO_SUFFIX = re.compile(r"^bytes=\s*-0+\s*$")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int | None] | None:
     """The single byte range asked for as (first, last-or-None), or None to send the whole object.
 
-    Multiple ranges and malformed headers are ignored (RFC 9110 allows answering 200 with everything).
-    A range starting past the end raises RangeNotSatisfiable (416).
+    werkzeug parses the header; the rules of RFC 9110 §14.1.2 for one object of `size` bytes are applied
+    here, where werkzeug's own `range_for_length` differs: a suffix longer than the object selects all of
+    it (werkzeug: no range), and a zero-length suffix cannot be satisfied (416; werkzeug: malformed).
+    Several ranges, other units and malformed headers are ignored (200 with everything, which RFC 9110
+    allows). A range starting past the end raises RangeNotSatisfiable (416).
     """
     if not header:
         return None
-    m = _SINGLE_RANGE.match(header.strip())
-    if not m or (m[1] == "" and m[2] == ""):
+    if _ZERO_SUFFIX.match(header):
+        raise RangeNotSatisfiable(size)
+    parsed = parse_range_header(_HUGE_POSITION.sub(_BEYOND_ANY_OBJECT, header))
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
         return None
-    first, last = m[1], m[2]
-    if first == "":  # suffix: the last N bytes
-        n = _position(last)
-        if n == 0:
-            raise RangeNotSatisfiable(size)
-        return max(0, size - n), None
-    start = _position(first)
-    end = _position(last) if last else None
-    if end is not None and end < start:
-        return None
+    start, stop = parsed.ranges[0]  # stop is exclusive; a negative start is a suffix length
+    if start < 0:
+        return max(0, size + start), None
     if start >= size:
         raise RangeNotSatisfiable(size)
-    return start, end
+    return start, None if stop is None else stop - 1
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    if header.strip() == "*":
-        return True
-    candidates = {c.strip().removeprefix("W/") for c in header.split(",")}
-    return f'"{etag}"' in candidates
+def _if_range_matches(etag: str) -> bool:
+    """If-Range names our current ETag. Strong comparison (RFC 9110 §13.1.5): a weak validator never
+    matches, and werkzeug's parser drops the W/ mark, so it is checked on the raw value; a date never
+    matches either, since we send no Last-Modified."""
+    raw = request.headers.get("If-Range", "").strip()
+    return not raw.startswith("W/") and request.if_range.etag == etag
 
 
 def send_object(
@@ -71,11 +66,11 @@ def send_object(
 ) -> Response:
     """Answer GET for a stored object: 304 on a matching If-None-Match, 206 for one Range, else 200."""
     headers = {"ETag": f'"{etag}"', "Cache-Control": cache_control, "Accept-Ranges": "bytes"}
-    if _etag_matches(request.headers.get("If-None-Match"), etag):
+    # If-None-Match compares weakly (RFC 9110 §13.1.2), `*` included.
+    if request.if_none_match.contains_weak(etag):
         return Response(status=304, headers=headers)
     byte_range = parse_range(request.headers.get("Range"), size)
-    if_range = request.headers.get("If-Range")
-    if byte_range is not None and if_range is not None and if_range.strip() != f'"{etag}"':
+    if byte_range is not None and "If-Range" in request.headers and not _if_range_matches(etag):
         byte_range = None  # the client's copy is stale: send it everything
     try:
         reader = storage.open(key, byte_range=byte_range)

@@ -9,10 +9,9 @@ from flask import Blueprint, Response, request
 from pydantic import Field
 
 from .. import metrics
-from ..config import Settings
 from ..models import ShareLink
 from ..services import shares
-from .common import auth_required, current_user, db_session, json_body, respond, runtime
+from .common import auth_required, current_user, db_session, json_body, public_base_url, respond, runtime
 from .delivery import deliver_image
 from .openapi import doc
 from .schemas import Request, SharedAlbumOut, SharedPhotoOut, ShareLinkOut
@@ -22,7 +21,6 @@ bp = Blueprint("shares", __name__)
 MAX_EXPIRES_IN_DAYS = 365
 # Revalidated on every use (cheap with the ETag), so a revoked link stops serving images at once.
 SHARED_IMAGE_CACHE_CONTROL = "private, no-cache"
-FORWARDED_PROTOS = frozenset({"http", "https"})
 IMAGE_RESPONSE = {
     "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
     "headers": {"ETag": {"schema": {"type": "string"}}, "Cache-Control": {"schema": {"type": "string"}}},
@@ -31,28 +29,6 @@ IMAGE_RESPONSE = {
 
 class ShareIn(Request):
     expires_in_days: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_DAYS, description="null: never")
-
-
-def _forwarded(header: str | None, trusted: int) -> str | None:
-    """The value the outermost trusted proxy appended to an X-Forwarded-* list (as werkzeug's ProxyFix)."""
-    values = [v.strip() for v in (header or "").split(",")]
-    if not header or len(values) < trusted or not values[-trusted]:
-        return None
-    return values[-trusted]
-
-
-def public_base_url(settings: Settings) -> str:
-    """PUBLIC_BASE_URL, else scheme and host of this request; X-Forwarded-* count only from trusted proxies."""
-    if settings.public_base_url:
-        return settings.public_base_url.rstrip("/")
-    scheme, host = request.scheme, request.host
-    trusted = settings.trusted_proxy_count
-    if trusted > 0:
-        # Anyone can send these headers; only the ones our own proxies appended are believed.
-        proto = _forwarded(request.headers.get("X-Forwarded-Proto"), trusted)
-        scheme = proto.lower() if proto and proto.lower() in FORWARDED_PROTOS else scheme
-        host = _forwarded(request.headers.get("X-Forwarded-Host"), trusted) or host
-    return f"{scheme}://{host}"
 
 
 def _share_out(link: ShareLink) -> ShareLinkOut:
@@ -64,7 +40,7 @@ def _share_out(link: ShareLink) -> ShareLinkOut:
         expires_at=link.expires_at,
         view_count=link.view_count,
         created_at=link.created_at,
-        share_url=f"{public_base_url(runtime().settings)}/share/{link.token}",
+        share_url=f"{public_base_url()}/share/{link.token}",
     )
 
 

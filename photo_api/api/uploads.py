@@ -12,7 +12,7 @@ from .. import metrics
 from ..errors import Unauthorized
 from ..images import ALLOWED_IMAGE_TYPES
 from ..services import uploads
-from .common import auth_required, current_user, db_session, json_body, respond, runtime
+from .common import auth_required, current_user, db_session, json_body, public_base_url, respond, runtime
 from .openapi import doc
 from .schemas import Description, PhotoOut, Request, Title
 
@@ -179,5 +179,4 @@ def _absolute(url: str) -> str:
     """Backends may sign a path on this service (LocalStorage); clients need an absolute URL."""
     if not url.startswith("/"):
         return url
-    base = runtime().settings.public_base_url or request.host_url
-    return base.rstrip("/") + url
+    return public_base_url() + url
