@@ -15,12 +15,24 @@ ALLOWED_IMAGE_TYPES = {
     "image/gif": ".gif",
 }
 
-# WebP is the longest signature to check: "RIFF", a 4-byte size, then "WEBP".
-SNIFF_BYTES = 12
+# How far into a file the type check may read. A JPEG's frame header (what proves it is a picture)
+# follows its metadata segments (EXIF, ICC profile, XMP; at most 64 KiB each, a phone writes two or
+# three), so the check reads up to 256 KiB; the other formats prove themselves in their first 30 bytes.
+SNIFF_BYTES = 256 * 1024
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SIGNATURE = b"\xff\xd8\xff"
 _GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
+# PNG IHDR: bit depths allowed for each colour type (PNG spec, 11.2.2).
+_PNG_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
+# JPEG start-of-frame markers (every coding process), which carry the picture's dimensions.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_NO_FRAME = frozenset({0xD8, 0xD9, 0xDA})  # SOI again, EOI or start-of-scan before any frame header
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: markers without a length
+# What may follow a GIF's header (and global colour table): an extension, an image, or the trailer.
+_GIF_BLOCKS = frozenset({0x21, 0x2C, 0x3B})
+_VP8_START_CODE = b"\x9d\x01\x2a"
+_VP8L_SIGNATURE = 0x2F
+_VP8X_CHUNK_SIZE = 10
 
 MAX_FILENAME_LENGTH = 255
 # A longer "extension" is really part of the name; cutting it off whole would lose more than it saves.
@@ -40,16 +52,89 @@ def _random_token() -> str:
 
 
 def sniff_image_type(head: bytes) -> str | None:
-    """Return the image content type that the leading bytes prove, or None."""
-    if head.startswith(_JPEG_SIGNATURE):
-        return "image/jpeg"
+    """The image type that the file's first bytes (up to SNIFF_BYTES) prove, or None.
+
+    A signature alone proves nothing (a GIF header can front an HTML page): each format's header is
+    checked far enough to know it describes a picture, without decoding pixels: the PNG IHDR chunk, the
+    JPEG frame header behind its metadata segments, the GIF logical screen descriptor and the block
+    after it, the WebP VP8/VP8L/VP8X chunk.
+    """
+    if head.startswith(b"\xff\xd8"):
+        return "image/jpeg" if _is_jpeg(head) else None
     if head.startswith(_PNG_SIGNATURE):
-        return "image/png"
+        return "image/png" if _is_png(head) else None
     if head.startswith(_GIF_SIGNATURES):
-        return "image/gif"
+        return "image/gif" if _is_gif(head) else None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
+        return "image/webp" if _is_webp(head) else None
     return None
+
+
+def _u16be(data: bytes, at: int) -> int:
+    return int.from_bytes(data[at : at + 2], "big")
+
+
+def _is_png(head: bytes) -> bool:
+    # The first chunk must be IHDR: length 13, then width, height, bit depth, colour type, compression,
+    # filter and interlace method.
+    if len(head) < 29 or head[8:16] != b"\x00\x00\x00\x0dIHDR":
+        return False
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour, compression, filtering, interlace = head[24:29]
+    return (
+        0 < width < 2**31
+        and 0 < height < 2**31
+        and depth in _PNG_DEPTHS.get(colour, set())
+        and (compression, filtering) == (0, 0)
+        and interlace in (0, 1)
+    )
+
+
+def _is_jpeg(head: bytes) -> bool:
+    # Walk the marker segments after SOI until the frame header; metadata segments are skipped by length.
+    pos = 2
+    while pos + 4 <= len(head):
+        if head[pos] != 0xFF:
+            return False
+        marker = head[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker in _JPEG_NO_FRAME:
+            return False
+        length = _u16be(head, pos + 2)
+        if marker in _JPEG_SOF:
+            # length, precision, height (0 allowed: set later by a DNL marker), width, components
+            return pos + 10 <= len(head) and length >= 8 and _u16be(head, pos + 7) > 0 and head[pos + 9] > 0
+        if length < 2:
+            return False
+        pos += 2 + length
+    return False
+
+
+def _is_gif(head: bytes) -> bool:
+    # Logical screen descriptor: width, height, packed fields, background colour, aspect ratio.
+    if len(head) < 14:
+        return False
+    width, height, packed = int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little"), head[10]
+    after = 13 + (3 * 2 ** ((packed & 0x07) + 1) if packed & 0x80 else 0)  # skip the global colour table
+    return width > 0 and height > 0 and len(head) > after and head[after] in _GIF_BLOCKS
+
+
+def _is_webp(head: bytes) -> bool:
+    # The first chunk after "WEBP": lossy VP8 (frame tag, then the start code), lossless VP8L (its
+    # signature byte) or extended VP8X (a 10-byte header).
+    if len(head) < 21:
+        return False
+    kind, size = head[12:16], int.from_bytes(head[16:20], "little")
+    if kind == b"VP8 ":
+        return size >= 10 and head[23:26] == _VP8_START_CODE
+    if kind == b"VP8L":
+        return size >= 5 and head[20] == _VP8L_SIGNATURE
+    return kind == b"VP8X" and size == _VP8X_CHUNK_SIZE
 
 
 def sanitize_filename(name: str | None) -> str:

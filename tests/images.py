@@ -114,17 +114,20 @@ def jpeg(width: int = 16, height: int = 16, *, comment: bytes = b"") -> bytes:
 def large_jpeg_chunks(min_size: int) -> Iterator[bytes]:
     """A valid JPEG of at least `min_size` bytes, yielded a segment at a time (never whole in memory).
 
-    The picture is `jpeg()`'s; the size comes from COM segments right after SOI.
+    The picture is `jpeg()`'s; the size comes from COM segments right after its frame header (SOF0), where
+    the type check has already seen that it is a picture.
     """
     base = jpeg()
-    yield base[:2]
+    sof = base.index(b"\xff\xc0")
+    frame_end = sof + 2 + int.from_bytes(base[sof + 2 : sof + 4], "big")
+    yield base[:frame_end]
     padding = b"\x00" * JPEG_MAX_SEGMENT_PAYLOAD
     size = len(base)
     while size < min_size:
         segment = jpeg_comment(padding)
         size += len(segment)
         yield segment
-    yield base[2:]
+    yield base[frame_end:]
 
 
 def large_jpeg_size(min_size: int) -> int:

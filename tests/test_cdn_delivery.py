@@ -143,6 +143,9 @@ def test_failing_cdn_api_falls_back_to_streaming_the_right_bytes_then_the_breake
         r = client.get(f"/photos/{photo['id']}/image", headers=user["headers"])
         assert r.status_code == 200
         assert r.data == data
+        # The fallback is a normal stream, with the same content-safety headers.
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
     assert api.requests == 2
     assert client.get("/health").get_json()["checks"]["cdn"] == {"status": "unhealthy", "circuit": "open"}
 

@@ -17,6 +17,7 @@ from photo_api.images import (
     sanitize_filename,
     sniff_image_type,
 )
+from tests.images import jpeg
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -48,7 +49,8 @@ JPEG_HEADER = b"\xff\xd8" + b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x
 WEBP_1X1 = base64.b64decode("UklGRhoAAABXRUJQVlA4TA0AAAAvAAAAEAcQERGIiP4HAA==")
 
 IMAGES = [
-    (JPEG_HEADER, "image/jpeg"),
+    (jpeg(), "image/jpeg"),
+    (jpeg(comment=b"x" * 60_000), "image/jpeg"),  # metadata before the frame header is skipped
     (PNG_1X1, "image/png"),
     (GIF89_1X1, "image/gif"),
     (GIF87_1X1, "image/gif"),
@@ -105,6 +107,18 @@ def test_every_allowed_type_is_sniffable() -> None:
         PNG_1X1[:7],
         b"x" + PNG_1X1,  # the signature must be at the very start
         b"\x00" * SNIFF_BYTES,
+        # A signature followed by something else than that format's header:
+        PNG_1X1[:8],  # the bare PNG signature
+        PNG_1X1[:8] + png_chunk(b"tEXt", b"x")[:21],  # a first chunk that is not IHDR
+        b"GIF89a<html><script>alert(1)</script></html>",  # the screen descriptor is HTML
+        b"GIF89a\x01\x00\x01\x00\x00\x00\x00<script>",  # a plausible descriptor, then no GIF block
+        JPEG_HEADER,  # metadata and then nothing: no frame header
+        JPEG_HEADER + b"\xff\xda\x00\x08" + b"<html>",  # a scan before any frame header
+        b"\xff\xd8\xff\xfe\x00\x10<html><body>",  # a comment cut short
+        b"\xff\xd8<html>" + b"x" * 40,  # no marker after SOI
+        b"RIFF\x24\x00\x00\x00WEBPVP8 \x0a\x00\x00\x00<html>\x00\x00\x00\x00",  # no VP8 start code
+        b"RIFF\x24\x00\x00\x00WEBPJUNK\x0a\x00\x00\x00<html><body>",  # no image chunk
+        jpeg()[: jpeg().index(b"\xff\xc0")] + b"\xff\xc0\x00\x0b\x08\x00\x10\x00\x00\x01",  # width 0
     ],
 )
 def test_rejects_non_images(data: bytes) -> None:

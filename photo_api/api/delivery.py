@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
+from urllib.parse import quote
 
 from flask import Response, request
 from werkzeug.http import parse_range_header
@@ -20,6 +22,13 @@ log = logging.getLogger(__name__)
 
 # The redirect's Location carries an expiring token: no cache may keep it past the token's life.
 CDN_REDIRECT_CACHE_CONTROL = "private, no-store"
+# Stored bytes are the client's: whatever they turn out to be, a browser must show them as the image
+# type we checked (nosniff), and never run them as a document with our origin's rights (a sandboxed CSP
+# without any source), even when opened directly.
+CONTENT_SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+FALLBACK_DOWNLOAD_NAME = "photo"
+# Inside a quoted filename: quotes and backslashes would end or escape it; control characters have no place.
+_UNSAFE_IN_QUOTES = re.compile(r'["\\\x00-\x1f\x7f]')
 
 # A position with more digits than this is past the end of any object; werkzeug's parser (like int())
 # refuses numbers of more than 4300 digits, which would turn a valid but huge range into "no range".
@@ -61,11 +70,38 @@ def _if_range_matches(etag: str) -> bool:
     return not raw.startswith("W/") and request.if_range.etag == etag
 
 
+def content_disposition(filename: str) -> str:
+    """`inline` with the name in a form every client reads safely: an ASCII fallback, and RFC 8187's
+    `filename*` for the exact (UTF-8) name when it is not plain ASCII."""
+    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    ascii_name = _UNSAFE_IN_QUOTES.sub("_", ascii_name).strip()
+    stem, dot, extension = ascii_name.rpartition(".")
+    if not (stem if dot else extension).strip(" ."):  # nothing readable left, e.g. of a Korean name
+        ascii_name = FALLBACK_DOWNLOAD_NAME + (dot + extension if dot else "")
+    value = f'inline; filename="{ascii_name}"'
+    if ascii_name != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
 def send_object(
-    storage: Storage, *, key: str, content_type: str, etag: str, size: int, cache_control: str = "private"
+    storage: Storage,
+    *,
+    key: str,
+    content_type: str,
+    etag: str,
+    size: int,
+    filename: str,
+    cache_control: str = "private",
 ) -> Response:
     """Answer GET for a stored object: 304 on a matching If-None-Match, 206 for one Range, else 200."""
-    headers = {"ETag": f'"{etag}"', "Cache-Control": cache_control, "Accept-Ranges": "bytes"}
+    headers = {
+        "ETag": f'"{etag}"',
+        "Cache-Control": cache_control,
+        "Accept-Ranges": "bytes",
+        **CONTENT_SAFETY_HEADERS,
+        "Content-Disposition": content_disposition(filename),
+    }
     # If-None-Match compares weakly (RFC 9110 §13.1.2), `*` included.
     if request.if_none_match.contains_weak(etag):
         return Response(status=304, headers=headers)
@@ -89,11 +125,14 @@ def send_object(
     return response
 
 
-def deliver_image(photo: Photo, *, token_seconds: int, cache_control: str = "private") -> Response:
+def deliver_image(
+    photo: Photo, *, token_seconds: int, filename: str | None = None, cache_control: str = "private"
+) -> Response:
     """A photo's bytes: 302 to a signed CDN URL when a CDN is configured and answering, else streamed.
 
     The CDN is an optimisation, never a dependency: when its token API fails or its circuit is open
-    the image is streamed from storage instead (counted as a fallback).
+    the image is streamed from storage instead (counted as a fallback). `filename` names the download
+    (default: the owner's original file name; a public share passes a neutral one).
     """
     from .common import db_session, runtime
 
@@ -117,6 +156,7 @@ def deliver_image(photo: Photo, *, token_seconds: int, cache_control: str = "pri
             content_type=photo.content_type,
             etag=photos.image_etag(rt.storage, photo),
             size=photo.file_size,
+            filename=photo.original_filename if filename is None else filename,
             cache_control=cache_control,
         )
     except Exception as exc:
