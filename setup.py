@@ -33,7 +33,7 @@ setup(
     # Namespace discovery, so that folders without an __init__.py (migrations/versions) ship too.
     packages=find_namespace_packages(include=["photo_api", "photo_api.*"], exclude=["*.__pycache__"]),
     # Every file the package opens at run time; tests/test_packaging.py compares the wheel with the source folder.
-    package_data={"photo_api": ["py.typed", "migrations/script.py.mako"]},
+    package_data={"photo_api": ["py.typed", "migrations/script.py.mako", "data/*.txt"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={"test": TEST_REQUIREMENTS},
     entry_points={"console_scripts": ["photo-api=photo_api.cli:main"]},

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
 import jwt
 from argon2 import PasswordHasher
@@ -17,6 +19,26 @@ TOKEN_TYPE = "access"
 CLOCK_SKEW_LEEWAY_S = 10
 # users.id is a 32-bit INTEGER: a larger subject is no user (and SQLite cannot even bind it).
 MAX_USER_ID = 2**31 - 1
+
+
+COMMON_PASSWORDS_FILE = "data/common-passwords.txt"
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of the most common passwords (lower-cased), read once."""
+    text = resources.files("photo_api").joinpath(COMMON_PASSWORDS_FILE).read_text(encoding="utf-8")
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def password_weakness(password: str) -> str | None:
+    """Why `password` must not be used, or None. Length is the schema's rule; this adds what length misses."""
+    if len(set(password)) == 1:
+        return "must not be one character repeated"
+    if password.lower() in common_passwords():
+        # The first guesses of every credential-stuffing list: refused whatever the length (NIST SP 800-63B 5.1.1.2).
+        return "is one of the most common passwords; choose one that is not"
+    return None
 
 
 class Passwords:

@@ -16,7 +16,7 @@ import jwt
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 
 from photo_api import create_app
 from photo_api.config import Settings
@@ -97,6 +97,37 @@ def test_duplicate_email_is_case_insensitive(client: FlaskClient) -> None:
     assert register(client, "Ann@Example.com", "ann").status_code == 201
     body = assert_problem(register(client, "ANN@example.COM", "ann2"), 409)
     assert error_fields(body) == {"email"}
+
+
+def test_the_address_that_registered_is_the_one_that_logs_in(client: FlaskClient) -> None:
+    # One normalisation for both: the domain's full-width letters become plain ones, case is ignored.
+    r = register(client, "carol@ＥＸＡＭＰＬＥ.com", "carol")
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["email"] == "carol@example.com"
+    for typed in ("carol@ＥＸＡＭＰＬＥ.com", "carol@example.com", " CAROL@Example.COM "):
+        assert login(client, typed).status_code == 200, typed
+    assert register(client, "Carol@ｅｘａｍｐｌｅ.com", "carol2").status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("12345678", "most common"),
+        ("password", "most common"),
+        ("PassWord1", "most common"),  # the list is compared case-insensitively
+        ("iloveyou", "most common"),
+        (" " * 8, "repeated"),
+        ("a" * 40, "repeated"),
+    ],
+)
+def test_common_and_repeated_passwords_are_refused(app: Flask, client: FlaskClient, password: str, why: str) -> None:
+    problem = assert_problem(register(client, "weak@example.com", "weak", password=password), 422)
+    assert error_fields(problem) == {"password"}
+    assert why in problem["errors"][0]["message"]
+    with engine_of(app).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(User)).scalar() == 0
+    # Length alone does not decide: a long passphrase that is on no list is fine.
+    assert register(client, "strong@example.com", "strong", password="pink elephants dance").status_code == 201
 
 
 @pytest.mark.parametrize("username", ["bob", "email_fan", "my-email-address"])

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, PlainSerializer, StringConstraints, computed_field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    computed_field,
+    field_validator,
+)
+
+from ..security import password_weakness
 
 # UTC ISO-8601 with a `Z` suffix, as the contract says (docs/api.md), whatever zone object the value carries.
 UtcDatetime = Annotated[
@@ -54,7 +65,17 @@ Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 class RegisterIn(Request):
     email: EmailStr = Field(max_length=254)
     username: Username
-    password: Password
+    password: Password = Field(
+        description="8 to 128 characters; not one character repeated, not one of the most common passwords"
+    )
+
+    @field_validator("password")
+    @classmethod
+    def _not_weak(cls, value: str) -> str:
+        reason = password_weakness(value)
+        if reason is not None:
+            raise ValueError(reason)
+        return value
 
 
 class LoginIn(Request):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -12,7 +15,15 @@ from ..security import Passwords
 
 
 def normalise_email(email: str) -> str:
-    """E-mails are unique case-insensitively: store and compare them lower-cased."""
+    """The one form of an e-mail address that registration stores and login looks up.
+
+    email-validator's normalisation (Unicode NFC, the domain in its IDNA form, so that full-width or
+    upper-case letters of a domain become plain ones), then lower-cased: addresses are unique
+    case-insensitively. An address it cannot parse (only possible at login) is just lower-cased: no
+    user has it anyway.
+    """
+    with contextlib.suppress(EmailNotValidError):
+        email = validate_email(email.strip(), check_deliverability=False).normalized
     return email.strip().lower()
 
 
