@@ -13,7 +13,7 @@ from . import metrics
 from .clients import CdnTokens, LogShipper, build_cdn_tokens, build_log_shipper
 from .config import Settings
 from .db import Database
-from .resilience import policy_for
+from .resilience import LogEvents, policy_for
 from .security import Passwords, Tokens
 from .storage import Storage, build_storage
 
@@ -51,10 +51,10 @@ class Runtime:
                 settings.access_token_expire_minutes * 60,
             ),
             storage=_build_storage(settings, secret),
-            cdn=build_cdn_tokens(settings, events=metrics.ResilienceMetrics("cdn")),
+            cdn=build_cdn_tokens(settings, events=metrics.ResilienceMetrics("cdn", inner=LogEvents())),
             log_shipper=build_log_shipper(
                 settings,
-                events=metrics.ResilienceMetrics("log"),
+                events=metrics.ResilienceMetrics("log", inner=LogEvents()),
                 on_dropped=lambda _reason, n: metrics.log_dropped(n),
                 on_depth=metrics.log_queue_depth,
             ),
@@ -99,5 +99,5 @@ def swift_storage_options(settings: Settings) -> dict[str, Any]:
         "check_timeout": settings.health_check_timeout,
         "max_concurrency": settings.storage_max_concurrency,
         "queue_timeout": settings.storage_queue_timeout,
-        "events": metrics.ResilienceMetrics("storage"),
+        "events": metrics.ResilienceMetrics("storage", inner=LogEvents()),
     }

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
+import greenlet
 import pytest
 import requests
 from prometheus_client.multiprocess import mark_process_dead
@@ -124,7 +126,7 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
     metrics.enable(load_settings(environ={}))
     service = f"store-{uuid.uuid4().hex[:8]}"  # the process-wide registry is shared by every test
     inner, clock = Recorder(), Clock()
-    client = Resilient(policy(service), events=metrics.ResilienceMetrics(service, inner), clock=clock)
+    client = Resilient(policy(service), events=metrics.ResilienceMetrics(service, inner=inner), clock=clock)
     # The dependency's series exist before anything happened: closed, nothing retried.
     assert value("photo_api_circuit_breaker_state", service=service) == 0
     assert value("photo_api_retry_attempts_total", service=service, result="retry") == 0
@@ -165,6 +167,31 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
     assert inner.events == ["retry", "retry", "open", "giveup", "rejected", "half_open", "closed"]
 
 
+def test_outcomes_other_than_answers_and_unavailability() -> None:
+    metrics.enable(load_settings(environ={}))
+    service = f"store-{uuid.uuid4().hex[:8]}"
+    client = Resilient(policy(service), events=metrics.ResilienceMetrics(service, inner=Recorder()))
+
+    def broken() -> None:
+        raise ValueError("a bug, not a transient failure")
+
+    def stalled() -> None:
+        raise gevent.Timeout()  # what the deadline raises in a gevent worker once it has passed
+
+    def cancelled() -> None:
+        raise greenlet.GreenletExit()  # the caller's greenlet was killed: says nothing about the dependency
+
+    with pytest.raises(ValueError):
+        client.call(broken, operation="put")
+    with pytest.raises(DependencyUnavailable):
+        client.call(stalled, operation="put")
+    with pytest.raises(greenlet.GreenletExit):
+        client.call(cancelled, operation="put")
+    count = "photo_api_external_request_duration_seconds_count"
+    for outcome in ("error", "timeout", "cancelled"):
+        assert value(count, service=service, operation="put", outcome=outcome) == 1, outcome
+
+
 WORKER_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -177,7 +204,7 @@ WORKER_SCRIPT = textwrap.dedent(
     policy = Policy(service=service, connect_timeout=1, read_timeout=2, deadline=5, max_tries=3, max_time=5,
                     base_delay=0, max_delay=0, failure_threshold=3, recovery_timeout=30)
     # Built before metrics are enabled, as Runtime.build runs before metrics.init_app in create_app.
-    client = Resilient(policy, events=metrics.ResilienceMetrics(service))
+    client = Resilient(policy, events=metrics.ResilienceMetrics(service, inner=None))
     metrics.enable(load_settings(environ={}))
     if mode != "idle":
         try:
