@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         static={"service": settings.app_name, "version": settings.app_version, "instance": settings.instance_id},
         context=api.log_context,
     )
-    metrics.init_app(app, runtime)  # before the API's hooks: it times all of them
+    metrics.init_app(app, settings)  # before the API's hooks: it times all of them
+    metrics.watch_database(runtime.db, settings)
     api.init_app(app, runtime)
     if runtime.log_shipper is not None:
         # Every record of the process also goes to Log & Crash, from a bounded queue drained in the

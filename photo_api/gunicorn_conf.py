@@ -1,8 +1,10 @@
 """gunicorn configuration shipped with the package (`photo-api serve` and the systemd unit use it).
 
 Values come from the validated settings. The hooks below are the instance lifecycle (lifecycle.py):
-the shared draining page, the SIGTERM drain, psycogreen in each worker, and the shutdown hooks. Keep
-each hook a plain function that others can add a line to. Where each runs: `on_starting`, `when_ready`,
+the shared draining page, the SIGTERM drain, psycogreen in each worker, and the shutdown hooks. What
+runs in the master (the drain, the metrics directory, exporter and pusher) is built once by
+`metrics.MasterRuntime.build`; the master's hooks hand it gunicorn's arbiter. Keep each hook a plain
+function that others can add a line to. Where each runs: `on_starting`, `when_ready`,
 `child_exit` and `on_exit` in the master (`on_exit` after every worker has exited); `post_fork` in the
 worker right after the fork, before gevent patches it and before the app is imported; `post_worker_init`,
 `pre_request` and `worker_exit` in the worker once it is patched and has the app.
@@ -18,6 +20,7 @@ from photo_api import lifecycle, metrics
 from photo_api.config import load_settings
 
 _settings = load_settings()
+_master = metrics.MasterRuntime.build(_settings)  # plain values: nothing is claimed until on_starting
 
 bind = [_settings.bind]
 worker_class = "gevent"
@@ -58,15 +61,13 @@ logconfig_dict: dict[str, Any] = {
 
 
 def on_starting(server: Any) -> None:
-    """Master, before forking: create the page shared with every worker (readiness/drain state)."""
-    lifecycle.init_shared_state()
-    metrics.master_starting(server, _settings)
+    """Master, before forking: the page shared with every worker (readiness/drain), the metrics directory."""
+    _master.starting(server)
 
 
 def when_ready(server: Any) -> None:
-    """Master, listeners open, before the first fork: take over SIGTERM for the drain."""
-    lifecycle.Drain(_settings.drain_delay_seconds).install(server)
-    metrics.master_ready(server)
+    """Master, listeners open, before the first fork: take over SIGTERM for the drain, serve metrics."""
+    _master.ready(server)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -114,7 +115,7 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """Master, after a worker was reaped (any cause, SIGKILL included): forget its live metrics gauges."""
-    metrics.worker_exited(worker.pid)
+    _master.worker_exited(worker.pid)
 
 
 def on_exit(server: Any) -> None:

@@ -88,7 +88,7 @@ class ShutdownHooks:
                 log.exception("shutdown hook failed", extra={"hook": name, "in": self.where})
 
 
-# The places where a stopping instance cleans up; see gunicorn_conf.py for who fills them.
+# The places where a stopping instance cleans up; gunicorn_conf.py and metrics/master.py fill them.
 # In each worker, after its last request (gunicorn `worker_exit`): close the DB pool, then flush the
 # log queue last, so that the shipper also carries the lines written while closing.
 worker_shutdown = ShutdownHooks("worker")

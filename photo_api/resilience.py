@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Numeric codes of the breaker state gauge (photo_api_circuit_breaker_state: 0 closed, 1 open, 2 half-open).
-STATE_CODES = {STATE_CLOSED: 0, STATE_OPEN: 1, STATE_HALF_OPEN: 2}
 # Statuses worth another try: the dependency may answer differently a moment later.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -78,6 +76,18 @@ def counts_as_failure(exc_type: type[BaseException], exc: BaseException) -> bool
     it would *reset* the failure count instead of adding to it, so it is listed explicitly.
     """
     return issubclass(exc_type, TRANSIENT_EXCEPTIONS) or _is_timeout(exc)
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """How a logical call ended, for its duration metric: ok, circuit_open, timeout, unavailable, error, cancelled."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, DependencyUnavailable):
+        return {"circuit_open": "circuit_open", "deadline": "timeout"}.get(exc.reason, "unavailable")
+    if isinstance(exc, requests.Timeout) or _is_timeout(exc):
+        return "timeout"
+    # Anything else that is not an Exception (GreenletExit, KeyboardInterrupt) stopped the caller, not the call.
+    return "error" if isinstance(exc, Exception) else "cancelled"
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -160,7 +170,11 @@ def policy_for(settings: Settings, service: str, *, read_timeout: float, deadlin
 
 
 class Events(Protocol):
-    """Where resilience events go (logs now; metrics attach here too)."""
+    """Where resilience events go: the logs (LogEvents), and metrics through the composition root.
+
+    An Events may also have `finished(service, operation, outcome, seconds)`, called once per logical
+    call with `outcome_of` its exception; Resilient looks it up, so the log-only LogEvents need not.
+    """
 
     def retry(self, service: str, exc: BaseException, wait: float) -> None: ...
     def giveup(self, service: str, exc: BaseException) -> None: ...
@@ -319,14 +333,14 @@ class Resilient:
         if finished is None:
             return self._call(fn, args, kwargs, idempotent, deadline_s)
         started = time.perf_counter()
-        outcome: BaseException | None = None
+        failure: BaseException | None = None
         try:
             return self._call(fn, args, kwargs, idempotent, deadline_s)
         except BaseException as exc:
-            outcome = exc
+            failure = exc
             raise
         finally:
-            finished(self.policy.service, operation, outcome, time.perf_counter() - started)
+            finished(self.policy.service, operation, outcome_of(failure), time.perf_counter() - started)
 
     def _call(self, fn: Callable[..., T], args: Any, kwargs: Any, idempotent: bool, deadline_s: float | None) -> T:
         policy = self.policy

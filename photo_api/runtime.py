@@ -13,7 +13,7 @@ from . import metrics
 from .clients import CdnTokens, LogShipper, build_cdn_tokens, build_log_shipper
 from .config import Settings
 from .db import Database
-from .resilience import policy_for
+from .resilience import LogEvents, policy_for
 from .security import Passwords, Tokens
 from .storage import Storage, build_storage
 
@@ -51,10 +51,10 @@ class Runtime:
                 settings.access_token_expire_minutes * 60,
             ),
             storage=_build_storage(settings, secret),
-            cdn=build_cdn_tokens(settings, events=metrics.ResilienceMetrics("cdn")),
+            cdn=build_cdn_tokens(settings, events=metrics.ResilienceMetrics("cdn", inner=LogEvents())),
             log_shipper=build_log_shipper(
                 settings,
-                events=metrics.ResilienceMetrics("log"),
+                events=metrics.ResilienceMetrics("log", inner=LogEvents()),
                 on_dropped=lambda _reason, n: metrics.log_dropped(n),
                 on_depth=metrics.log_queue_depth,
             ),
@@ -79,6 +79,12 @@ def swift_storage_options(settings: Settings) -> dict[str, Any]:
     assert settings.nhn_storage_auth_url and settings.nhn_storage_iam_user, "checked by config._rule_swift"
     assert settings.nhn_storage_iam_password and settings.nhn_storage_container, "checked by config._rule_swift"
     temp_url_key = settings.nhn_storage_temp_url_key
+    # Object calls: STORAGE_DOWNLOAD_TIMEOUT is the read timeout and the deadline of GET/HEAD/DELETE
+    # (for a GET: until the headers arrive); uploads get STORAGE_UPLOAD_TIMEOUT for both.
+    policy = policy_for(settings, "storage", read_timeout=settings.storage_download_timeout)
+    auth_policy = replace(
+        policy_for(settings, "storage", read_timeout=settings.storage_auth_timeout), service="storage_auth"
+    )
     return {
         "auth_url": settings.nhn_storage_auth_url,
         "auth_version": settings.nhn_storage_auth_version,
@@ -89,15 +95,12 @@ def swift_storage_options(settings: Settings) -> dict[str, Any]:
         "region": settings.region,
         "container": settings.nhn_storage_container,
         "temp_url_key": temp_url_key.get_secret_value() if temp_url_key else None,
-        # Object calls: STORAGE_DOWNLOAD_TIMEOUT is the read timeout and the deadline of GET/HEAD/DELETE
-        # (for a GET: until the headers arrive); uploads get STORAGE_UPLOAD_TIMEOUT for both.
-        "policy": policy_for(settings, "storage", read_timeout=settings.storage_download_timeout),
-        "auth_policy": replace(
-            policy_for(settings, "storage", read_timeout=settings.storage_auth_timeout), service="storage_auth"
-        ),
+        "policy": policy,
+        "auth_policy": auth_policy,
         "upload_timeout": settings.storage_upload_timeout,
         "check_timeout": settings.health_check_timeout,
         "max_concurrency": settings.storage_max_concurrency,
         "queue_timeout": settings.storage_queue_timeout,
-        "events": metrics.ResilienceMetrics("storage"),
+        # Both policies report to one adapter; each service's breaker and retry series start at 0 at boot.
+        "events": metrics.ResilienceMetrics(policy.service, auth_policy.service, inner=LogEvents()),
     }

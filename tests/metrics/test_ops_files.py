@@ -22,7 +22,7 @@ DASHBOARD = OPS / "grafana" / "photo-api.json"
 RULES = OPS / "prometheus" / "alerts.yml"
 RULE_TESTS = OPS / "prometheus" / "alerts_test.yml"
 OUR_METRIC = re.compile(r"\bphoto_api_[a-z0-9_]+\b")
-# Produced only once the route and client code calls the helpers of photo_api/metrics.py (see the
+# Produced only once the route and client code calls the helpers of photo_api.metrics (see the
 # wiring list in the metrics issue): a Resilient built with ResilienceMetrics creates the breaker and
 # retry series at start; the others need a call, a fallback or a log queue to happen.
 # An instance on local storage without a CDN makes no outbound call, so these appear only with one; they

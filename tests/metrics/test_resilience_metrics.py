@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
+import greenlet
 import pytest
 import requests
 from prometheus_client.multiprocess import mark_process_dead
@@ -26,6 +28,7 @@ from photo_api import metrics
 from photo_api.config import load_settings
 from photo_api.resilience import DependencyUnavailable, Policy, Resilient, raise_for_transient
 from tests import python_child
+from tests.conftest import TEST_SECRET
 from tests.metrics.conftest import parse
 
 FAILURE_THRESHOLD = 3
@@ -124,7 +127,7 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
     metrics.enable(load_settings(environ={}))
     service = f"store-{uuid.uuid4().hex[:8]}"  # the process-wide registry is shared by every test
     inner, clock = Recorder(), Clock()
-    client = Resilient(policy(service), events=metrics.ResilienceMetrics(service, inner), clock=clock)
+    client = Resilient(policy(service), events=metrics.ResilienceMetrics(service, inner=inner), clock=clock)
     # The dependency's series exist before anything happened: closed, nothing retried.
     assert value("photo_api_circuit_breaker_state", service=service) == 0
     assert value("photo_api_retry_attempts_total", service=service, result="retry") == 0
@@ -165,6 +168,78 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
     assert inner.events == ["retry", "retry", "open", "giveup", "rejected", "half_open", "closed"]
 
 
+def test_outcomes_other_than_answers_and_unavailability() -> None:
+    metrics.enable(load_settings(environ={}))
+    service = f"store-{uuid.uuid4().hex[:8]}"
+    client = Resilient(policy(service), events=metrics.ResilienceMetrics(service, inner=Recorder()))
+
+    def broken() -> None:
+        raise ValueError("a bug, not a transient failure")
+
+    def stalled() -> None:
+        raise gevent.Timeout()  # what the deadline raises in a gevent worker once it has passed
+
+    def cancelled() -> None:
+        raise greenlet.GreenletExit()  # the caller's greenlet was killed: says nothing about the dependency
+
+    with pytest.raises(ValueError):
+        client.call(broken, operation="put")
+    with pytest.raises(DependencyUnavailable):
+        client.call(stalled, operation="put")
+    with pytest.raises(greenlet.GreenletExit):
+        client.call(cancelled, operation="put")
+    count = "photo_api_external_request_duration_seconds_count"
+    for outcome in ("error", "timeout", "cancelled"):
+        assert value(count, service=service, operation="put", outcome=outcome) == 1, outcome
+
+
+BOOT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from photo_api import create_app, metrics
+    from photo_api.config import load_settings
+
+    app = create_app(load_settings(environ=json.loads(sys.argv[1])))
+    app.extensions["photo_api"].db.dispose()
+    sys.stdout.write(metrics.render().decode())
+    """
+)
+SWIFT_ENV = {
+    "STORAGE_BACKEND": "swift",
+    # Nothing listens there: building the app must not touch the network, and nothing here calls it.
+    "NHN_STORAGE_AUTH_URL": "http://127.0.0.1:9/v2.0",
+    "NHN_STORAGE_TENANT_ID": "0123456789abcdef0123456789abcdef",
+    "NHN_STORAGE_IAM_USER": "photo-api@example.com",
+    "NHN_STORAGE_IAM_PASSWORD": "api-password",
+    "NHN_STORAGE_CONTAINER": "photos",
+}
+
+
+def test_every_policy_of_swift_storage_has_its_series_from_boot(tmp_path: Path) -> None:
+    # A fresh process: the registry of this one has seen other tests' events.
+    env = {**SWIFT_ENV, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "JWT_SECRET_KEY": TEST_SECRET}
+    child_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    proc = subprocess.run(
+        [*python_child(BOOT_SCRIPT), json.dumps(env)],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    booted = parse(proc.stdout)
+    # Objects and Keystone/Swift auth are two policies with two breakers: both on the dashboard at 0.
+    for service in ("storage", "storage_auth"):
+        assert booted.value("photo_api_circuit_breaker_state", service=service) == 0, service
+        assert booted.value("photo_api_circuit_breaker_rejected_total", service=service) == 0, service
+        for result in ("retry", "giveup"):
+            assert booted.value("photo_api_retry_attempts_total", service=service, result=result) == 0, service
+        for state in ("closed", "open", "half_open"):
+            assert booted.value("photo_api_circuit_breaker_transitions_total", service=service, state=state) == 0, (
+                service
+            )
+
+
 WORKER_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -177,7 +252,7 @@ WORKER_SCRIPT = textwrap.dedent(
     policy = Policy(service=service, connect_timeout=1, read_timeout=2, deadline=5, max_tries=3, max_time=5,
                     base_delay=0, max_delay=0, failure_threshold=3, recovery_timeout=30)
     # Built before metrics are enabled, as Runtime.build runs before metrics.init_app in create_app.
-    client = Resilient(policy, events=metrics.ResilienceMetrics(service))
+    client = Resilient(policy, events=metrics.ResilienceMetrics(service, inner=None))
     metrics.enable(load_settings(environ={}))
     if mode != "idle":
         try:
