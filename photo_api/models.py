@@ -25,6 +25,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names: Alembic migrations and the IntegrityError translation depend on them.
+# Every id is an INTEGER (32-bit) primary key: a larger number names no row, and SQLite cannot even bind
+# one past 2**63 (OverflowError), so the API refuses it before any query.
+MAX_ID = 2**31 - 1
+
+
+def is_id(value: int) -> bool:
+    """True when `value` can be a row id (1 to MAX_ID); anything else names no row and is never queried."""
+    return 0 < value <= MAX_ID
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -13,13 +13,18 @@ from typing import Any, TypeVar
 from flask import Flask
 from pydantic import BaseModel
 
+from ..models import MAX_ID
 from .schemas import Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 OPENAPI_VERSION = "3.1.0"
 _CONVERTER = re.compile(r"<(?:(?P<conv>[a-z]+):)?(?P<name>\w+)>")
-_PARAM_TYPES = {"int": {"type": "integer", "minimum": 1}, "string": {"type": "string"}, None: {"type": "string"}}
+_PARAM_TYPES = {
+    "int": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    "string": {"type": "string"},
+    None: {"type": "string"},
+}
 _STATUS_TEXT = {
     200: "OK",
     201: "Created",

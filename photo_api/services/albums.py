@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ..errors import FieldError, NotFound, ValidationFailed
-from ..models import Album, AlbumPhoto, Photo, PhotoStatus, UTCDateTime, utcnow
+from ..models import Album, AlbumPhoto, Photo, PhotoStatus, UTCDateTime, is_id, utcnow
 
 ALBUM_NOT_FOUND = "Album not found"
 
@@ -75,6 +75,8 @@ def list_albums(session: Session, owner_id: int, *, skip: int, limit: int) -> li
 
 def get_album(session: Session, owner_id: int, album_id: int, *, for_update: bool = False) -> Album:
     """The owner's album; NotFound for a missing album and for someone else's alike."""
+    if not is_id(album_id):
+        raise NotFound(ALBUM_NOT_FOUND)
     query = select(Album).where(Album.id == album_id, Album.owner_id == owner_id)
     if for_update:
         query = query.with_for_update()
@@ -129,6 +131,8 @@ def count_ready_photos(session: Session, album_id: int) -> int:
 
 def delete_album(session: Session, owner_id: int, album_id: int) -> None:
     """Delete the owner's album; its memberships and share links go by FK cascade, the photos stay."""
+    if not is_id(album_id):
+        raise NotFound(ALBUM_NOT_FOUND)
     result = session.execute(
         delete(Album).where(Album.id == album_id, Album.owner_id == owner_id),
         execution_options={"synchronize_session": False},

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import Gone, NotFound
-from ..models import Album, AlbumPhoto, Photo, PhotoStatus, ShareLink, utcnow
+from ..models import Album, AlbumPhoto, Photo, PhotoStatus, ShareLink, is_id, utcnow
 from .albums import get_album, ready_photos_query
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ def list_shares(session: Session, owner_id: int, album_id: int) -> list[ShareLin
 def revoke_share(session: Session, owner_id: int, album_id: int, share_id: int) -> None:
     """Deactivate a share link of the owner's album (idempotent); NotFound if it belongs to another album."""
     album = get_album(session, owner_id, album_id)
+    if not is_id(share_id):
+        raise NotFound(SHARE_NOT_FOUND)
     result = session.execute(
         update(ShareLink).where(ShareLink.id == share_id, ShareLink.album_id == album.id).values(is_active=False),
         execution_options={"synchronize_session": False},
@@ -136,6 +138,8 @@ def shared_photo(session: Session, token: str, photo_id: int, *, clock: Callable
     link = session.scalars(select(ShareLink).where(ShareLink.token == token, _usable(clock()))).one_or_none()
     if link is None:
         raise _unusable_link_error(session, token)
+    if not is_id(photo_id):
+        raise NotFound("Photo not found")
     photo = session.scalars(
         select(Photo)
         .join(AlbumPhoto, AlbumPhoto.photo_id == Photo.id)
