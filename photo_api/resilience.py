@@ -123,39 +123,24 @@ class Policy:
         return (self.connect_timeout, self.read_timeout)
 
 
-# The retry and breaker settings a service may override (docs/operations.md, "Retries and circuit breakers"):
-# `{SERVICE}_RETRY_MAX_TRIES` wins over `RETRY_MAX_TRIES` when the Settings field exists and is set.
-OVERRIDABLE = (
-    "retry_max_tries",
-    "retry_max_time",
-    "retry_base_delay",
-    "retry_max_delay",
-    "breaker_failure_threshold",
-    "breaker_recovery_timeout",
-)
-
-
 def policy_for(settings: Settings, service: str, *, read_timeout: float, deadline: float | None = None) -> Policy:
     """Build `service`'s Policy from the global RETRY_*/BREAKER_* settings and its own overrides.
 
     `deadline` defaults to `read_timeout`: the configured timeout is the budget of one logical call, so
     quick failures (refused connections, 5xx) are retried within it while a stalled read is not repeated.
     """
-    values: dict[str, Any] = {}
-    for name in OVERRIDABLE:
-        override = getattr(settings, f"{service}_{name}", None)
-        values[name] = getattr(settings, name) if override is None else override
+    values = settings.resilience_values(service)  # type: ignore[arg-type]
     return Policy(
         service=service,
         connect_timeout=settings.http_timeout_connect,
         read_timeout=read_timeout,
         deadline=read_timeout if deadline is None else deadline,
-        max_tries=values["retry_max_tries"],
-        max_time=values["retry_max_time"],
-        base_delay=values["retry_base_delay"],
-        max_delay=values["retry_max_delay"],
-        failure_threshold=values["breaker_failure_threshold"],
-        recovery_timeout=values["breaker_recovery_timeout"],
+        max_tries=values.retry_max_tries,
+        max_time=values.retry_max_time,
+        base_delay=values.retry_base_delay,
+        max_delay=values.retry_max_delay,
+        failure_threshold=values.breaker_failure_threshold,
+        recovery_timeout=values.breaker_recovery_timeout,
     )
 
 
