@@ -341,8 +341,6 @@ def test_an_explicit_environ_replaces_the_process_environment(monkeypatch: pytes
     assert {"DB_POOL_SIZE", "STORAGE_RETRY_MAX_TRIES"} <= info.value.settings_named()
 
 
-# ---------------------------------------------------------------- per-dependency retry and breaker overrides
-
 OVERRIDE_VALUES = {
     "RETRY_MAX_TRIES": ("7", 7),
     "RETRY_MAX_TIME": ("25", 25),

@@ -293,9 +293,6 @@ def test_policies_carry_each_dependency_timeouts_and_deadline() -> None:
     assert policies.storage_auth.max_tries == policies.storage.max_tries == 6  # STORAGE_ covers auth too
 
 
-# ---------------------------------------------------------------- the breaker adapter
-
-
 def test_a_killed_caller_neither_counts_nor_resets() -> None:
     r, _, _ = make(max_tries=1, failure_threshold=3)
     for _ in range(2):
@@ -368,9 +365,6 @@ def test_only_the_trial_itself_frees_the_half_open_slot() -> None:
     assert ended == ["killed"]
     assert rejected == ["circuit_open"]
     assert r.state == "closed"
-
-
-# ---------------------------------------------------------------- the bulkhead
 
 
 def test_bulkhead_refuses_beyond_capacity_and_gives_slots_back() -> None:
