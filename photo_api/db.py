@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
 from .greenlets import deadline
+from .resilience import ConnectGate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,17 +26,16 @@ SQLITE_BUSY_TIMEOUT_S = 5
 # The pool's pre-ping gets this share of HEALTH_CHECK_TIMEOUT: within one health probe a silent pooled
 # connection is then found out *and* one reconnect is tried, so the probe's result says "unreachable".
 PING_SHARE_OF_HEALTH_TIMEOUT = 0.5
-# While connects fail, how often one background attempt checks whether the database answers again.
-CONNECT_RETRY_INTERVAL_S = 1.0
 
 
 class Database:
     """One engine per process (created lazily: nothing connects until the first query) and its sessions."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, connect_gate: ConnectGate | None = None):
+        """`connect_gate` (PostgreSQL only) makes connects fail fast while the database is unreachable."""
         assert settings.database_url, "development_defaults() fills DATABASE_URL before the app is built"
         self.url = settings.database_url
-        self.connect_gate = ConnectGate()
+        self.connect_gate = connect_gate if connect_gate is not None else ConnectGate()
         self.engine = make_engine(settings, self.connect_gate)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.slow_query_hooks: list[Callable[[float, str], None]] = []
@@ -145,71 +144,6 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
 
     _bound_pre_ping(engine, settings.health_check_timeout * PING_SHARE_OF_HEALTH_TIMEOUT)
     return engine
-
-
-class ConnectGate:
-    """Once a connect has failed, this process's connects fail at once until one in the background succeeds.
-
-    Without it, while the database host blackholes packets every request would wait the whole connect
-    deadline before its 503. With it, the request whose connect failed is the last one to wait: the
-    following ones get their 503 at once, without any I/O, while one background thread (a greenlet in a
-    gevent worker) tries to connect every `retry_interval`; its first success opens the gate again, so
-    the instance recovers within about `retry_interval` of the database coming back, with or without
-    traffic. It guards connection *establishment* only, below SQLAlchemy's pool; pooled connections
-    are checked by the (bounded) pre-ping. It lives here rather than in resilience.py because the pool's
-    `do_connect` event is the one place every new connection passes through.
-    """
-
-    def __init__(self, retry_interval: float = CONNECT_RETRY_INTERVAL_S) -> None:
-        self.retry_interval = retry_interval
-        self._failed_at: float | None = None
-        self._retrier: threading.Thread | None = None
-        self._closed = threading.Event()
-
-    @property
-    def is_open(self) -> bool:
-        """True unless the last connect failed and no later one has succeeded."""
-        return self._failed_at is None
-
-    def attempt(self, connect: Callable[[], Any], unavailable: Callable[[str], Exception]) -> Any:
-        """Run `connect()`, or raise `unavailable(...)` at once while the database is known to be unreachable."""
-        if self._failed_at is not None:
-            raise unavailable(f"database unreachable (connect failing for {time.monotonic() - self._failed_at:.1f}s)")
-        try:
-            return connect()
-        except BaseException as exc:
-            # An outer deadline (the health probe's gevent.Timeout) ending the connect is a failed connect
-            # too; a greenlet being killed says nothing about the database.
-            if isinstance(exc, Exception) or type(exc).__name__ == "Timeout":
-                self._fail(connect)
-            raise
-
-    def close(self) -> None:
-        """Stop the background retries (the engine is being disposed)."""
-        self._closed.set()
-
-    def _fail(self, connect: Callable[[], Any]) -> None:
-        if self._failed_at is None:
-            self._failed_at = time.monotonic()
-            log.warning("database connect failed; failing fast until it answers again")
-        if self._retrier is None and not self._closed.is_set():
-            # A plain daemon thread: monkey-patched into a greenlet in a gevent worker.
-            self._retrier = threading.Thread(target=self._retry, args=(connect,), name="db-connect-retry", daemon=True)
-            self._retrier.start()
-
-    def _retry(self, connect: Callable[[], Any]) -> None:
-        while not self._closed.wait(self.retry_interval):
-            try:
-                connect().close()
-            except Exception:
-                continue
-            down_for = time.monotonic() - (self._failed_at or time.monotonic())
-            # In this order: a connect failing from here on finds no retrier and starts a new one.
-            self._retrier = None
-            self._failed_at = None
-            log.warning("database answers again", extra={"down_s": round(down_for, 1)})
-            return
-        self._retrier = None
 
 
 def _bound_pre_ping(engine: Engine, timeout: float) -> None:

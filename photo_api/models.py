@@ -34,6 +34,7 @@ def is_id(value: int) -> bool:
     """True when `value` can be a row id (1 to MAX_ID); anything else names no row and is never queried."""
     return 0 < value <= MAX_ID
 
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

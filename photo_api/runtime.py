@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -13,7 +13,7 @@ from . import metrics
 from .clients import CdnTokens, LogShipper, build_cdn_tokens, build_log_shipper
 from .config import Settings
 from .db import Database
-from .resilience import LogEvents, policy_for
+from .resilience import Bulkhead, ConnectGate, LogEvents, Policies
 from .security import Passwords, Tokens
 from .storage import Storage, build_storage
 
@@ -35,9 +35,10 @@ class Runtime:
         """Wire the collaborators from plain values; nothing connects yet."""
         assert settings.jwt_secret_key is not None, "development_defaults() provides a dev secret"
         secret = settings.jwt_secret_key.get_secret_value()
+        policies = Policies.from_settings(settings)
         return cls(
             settings=settings,
-            db=Database(settings),
+            db=Database(settings, ConnectGate()),
             passwords=Passwords(
                 PasswordHasher(
                     time_cost=settings.password_hash_time_cost,
@@ -50,10 +51,13 @@ class Runtime:
                 settings.jwt_algorithm,
                 settings.access_token_expire_minutes * 60,
             ),
-            storage=_build_storage(settings, secret),
-            cdn=build_cdn_tokens(settings, events=metrics.ResilienceMetrics("cdn", inner=LogEvents())),
+            storage=_build_storage(settings, secret, policies),
+            cdn=build_cdn_tokens(
+                settings, policy=policies.cdn, events=metrics.ResilienceMetrics("cdn", inner=LogEvents())
+            ),
             log_shipper=build_log_shipper(
                 settings,
+                policy=policies.log,
                 events=metrics.ResilienceMetrics("log", inner=LogEvents()),
                 on_dropped=lambda _reason, n: metrics.log_dropped(n),
                 on_depth=metrics.log_queue_depth,
@@ -61,7 +65,7 @@ class Runtime:
         )
 
 
-def _build_storage(settings: Settings, secret: str) -> Storage:
+def _build_storage(settings: Settings, secret: str, policies: Policies) -> Storage:
     if settings.storage_backend == "local":
         assert settings.local_storage_dir is not None, "development_defaults() provides a directory"
         # A key of its own for upload URLs, derived so that operators manage one secret only.
@@ -70,21 +74,15 @@ def _build_storage(settings: Settings, secret: str) -> Storage:
         settings.local_storage_dir.mkdir(parents=True, exist_ok=True)
         return build_storage("local", root=settings.local_storage_dir, signing_key=signing_key)
     if settings.storage_backend == "swift":
-        return build_storage("swift", **swift_storage_options(settings))
+        return build_storage("swift", **swift_storage_options(settings, policies))
     return build_storage(settings.storage_backend)
 
 
-def swift_storage_options(settings: Settings) -> dict[str, Any]:
+def swift_storage_options(settings: Settings, policies: Policies) -> dict[str, Any]:
     """SwiftStorage's constructor arguments from Settings (presence of the required ones is a config rule)."""
-    assert settings.nhn_storage_auth_url and settings.nhn_storage_iam_user, "checked by config._rule_swift"
-    assert settings.nhn_storage_iam_password and settings.nhn_storage_container, "checked by config._rule_swift"
+    assert settings.nhn_storage_auth_url and settings.nhn_storage_iam_user, "checked by config.rules._rule_swift"
+    assert settings.nhn_storage_iam_password and settings.nhn_storage_container, "checked by config.rules._rule_swift"
     temp_url_key = settings.nhn_storage_temp_url_key
-    # Object calls: STORAGE_DOWNLOAD_TIMEOUT is the read timeout and the deadline of GET/HEAD/DELETE
-    # (for a GET: until the headers arrive); uploads get STORAGE_UPLOAD_TIMEOUT for both.
-    policy = policy_for(settings, "storage", read_timeout=settings.storage_download_timeout)
-    auth_policy = replace(
-        policy_for(settings, "storage", read_timeout=settings.storage_auth_timeout), service="storage_auth"
-    )
     return {
         "auth_url": settings.nhn_storage_auth_url,
         "auth_version": settings.nhn_storage_auth_version,
@@ -95,12 +93,11 @@ def swift_storage_options(settings: Settings) -> dict[str, Any]:
         "region": settings.region,
         "container": settings.nhn_storage_container,
         "temp_url_key": temp_url_key.get_secret_value() if temp_url_key else None,
-        "policy": policy,
-        "auth_policy": auth_policy,
+        "policy": policies.storage,
+        "auth_policy": policies.storage_auth,
         "upload_timeout": settings.storage_upload_timeout,
         "check_timeout": settings.health_check_timeout,
-        "max_concurrency": settings.storage_max_concurrency,
-        "queue_timeout": settings.storage_queue_timeout,
+        "bulkhead": Bulkhead(settings.storage_max_concurrency, settings.storage_queue_timeout, name="storage"),
         # Both policies report to one adapter; each service's breaker and retry series start at 0 at boot.
-        "events": metrics.ResilienceMetrics(policy.service, auth_policy.service, inner=LogEvents()),
+        "events": metrics.ResilienceMetrics(policies.storage.service, policies.storage_auth.service, inner=LogEvents()),
     }

@@ -6,14 +6,14 @@ import http.client
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from photo_api.clients import build_cdn_tokens, policy_from_settings
+from photo_api.clients import build_cdn_tokens
 from photo_api.clients.cdn import (
     CdnTokens,
     CdnUnavailable,
@@ -23,7 +23,7 @@ from photo_api.clients.cdn import (
     safety_margin,
 )
 from photo_api.config import load_settings
-from photo_api.resilience import Policy, Resilient
+from photo_api.resilience import Policies, Policy, Resilient
 from tests.doubles.nhn_cdn import CdnApiDouble, CdnEdgeDouble, nhn_token
 
 APP_KEY = "cdn-app-key-1"
@@ -405,14 +405,15 @@ def test_policy_and_client_from_settings() -> None:
         retry_max_tries=4,
         breaker_failure_threshold=7,
     )
-    policy = policy_from_settings(settings, "cdn")
+    policies = Policies.from_settings(settings)
+    policy = policies.cdn
     assert (policy.connect_timeout, policy.read_timeout, policy.deadline) == (2, 4, 4)
     assert (policy.max_tries, policy.failure_threshold) == (4, 7)
-    log_policy = policy_from_settings(settings, "log")
+    log_policy = policies.log
     assert log_policy.read_timeout == settings.log_service_timeout
     assert log_policy.deadline >= settings.retry_max_time + log_policy.read_timeout
-    with pytest.raises(ValueError):
-        policy_from_settings(settings, "nope")
+    # A policy for every outbound dependency, and no other: there is no name to get wrong.
+    assert {f.name for f in fields(policies)} == {"storage", "storage_auth", "cdn", "log"}
 
     tokens = build_cdn_tokens(settings)
     assert tokens is not None

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from photo_api import create_app
-from photo_api.config import ConfigError, Settings, development_defaults, load_settings
+from photo_api.config import (
+    OVERRIDABLE,
+    SERVICES,
+    ConfigError,
+    Service,
+    Settings,
+    development_defaults,
+    load_settings,
+)
 
 STRONG_SECRET = "k3J9vQ2mX7pL5tR8wZ1nB4cF6hD0gY2sA9eU3iO7"  # 40 bytes, not a known default
 DB_PASSWORD = "db-pass-Wq8rT2"
@@ -320,3 +328,98 @@ def test_development_defaults_keep_explicit_values(tmp_path: Path) -> None:
     var_dir = tmp_path / "var"
     assert development_defaults(settings, var_dir=var_dir) == settings
     assert not (var_dir / "jwt-secret").exists()
+
+
+def test_an_explicit_environ_replaces_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_POOL_SIZE", "abc")
+    monkeypatch.setenv("STORAGE_RETRY_MAX_TRIES", "0")
+    settings = load_settings(environ={"REGION": "kr2"})
+    assert (settings.db_pool_size, settings.region, settings.overrides) == (5, "kr2", {})
+    # ...while without one the process environment is what is read.
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert {"DB_POOL_SIZE", "STORAGE_RETRY_MAX_TRIES"} <= info.value.settings_named()
+
+
+OVERRIDE_VALUES = {
+    "RETRY_MAX_TRIES": ("7", 7),
+    "RETRY_MAX_TIME": ("25", 25),
+    "RETRY_BASE_DELAY": ("0.5", 0.5),
+    "RETRY_MAX_DELAY": ("4", 4),
+    "BREAKER_FAILURE_THRESHOLD": ("9", 9),
+    "BREAKER_RECOVERY_TIMEOUT": ("12", 12),
+}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("name", list(OVERRIDE_VALUES))
+def test_each_override_variable_sets_its_dependency_only(service: Service, name: str) -> None:
+    text, value = OVERRIDE_VALUES[name]
+    field = name.lower()
+    settings = load_settings(environ={f"{service.upper()}_{name}": text})
+    assert getattr(settings.resilience_values(service), field) == value
+    assert getattr(settings.overrides[service], field) == value
+    assert getattr(settings, field) != value  # the global value stays
+    for other in SERVICES:
+        if other != service:
+            assert other not in settings.overrides
+            assert getattr(settings.resilience_values(other), field) == getattr(settings, field)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("STORAGE_RETRY_MAX_TRIES", "0", "greater than or equal to 1"),
+        ("STORAGE_RETRY_MAX_TRIES", "21", "less than or equal to 20"),
+        ("CDN_BREAKER_RECOVERY_TIMEOUT", "0", "greater than 0"),
+        ("CDN_BREAKER_FAILURE_THRESHOLD", "1.5", "integer"),
+        ("LOG_RETRY_MAX_TIME", "soon", "number"),
+        ("LOG_RETRY_BASE_DELAY", "-1", "greater than or equal to 0"),
+    ],
+)
+def test_a_bad_override_is_named_by_its_variable(variable: str, value: str, fragment: str) -> None:
+    error = config_error({variable: value})
+    assert error.settings_named() == {variable}
+    assert fragment in messages_for(error, variable), error
+
+
+def test_overrides_come_from_the_env_file_too_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / "photo-api.env"
+    env_file.write_text("STORAGE_RETRY_MAX_TRIES=6\nCDN_BREAKER_FAILURE_THRESHOLD=8\nLOG_RETRY_MAX_TIME=\n")
+    settings = load_settings(environ={"PHOTO_API_ENV_FILE": str(env_file), "CDN_BREAKER_FAILURE_THRESHOLD": "11"})
+    assert settings.resilience_values("storage").retry_max_tries == 6
+    assert settings.resilience_values("cdn").breaker_failure_threshold == 11
+    assert "log" not in settings.overrides  # empty means unset, for overrides as for every setting
+
+
+def test_each_dependency_keeps_max_delay_above_base_delay() -> None:
+    # The global rule, applied to each dependency's effective values (an unset one is the global value).
+    error = config_error({"LOG_RETRY_MAX_DELAY": "0.1", "STORAGE_RETRY_BASE_DELAY": "5"})
+    assert error.settings_named() == {"LOG_RETRY_MAX_DELAY", "STORAGE_RETRY_BASE_DELAY"}
+    assert "retry_base_delay (= 0.2s)" in messages_for(error, "LOG_RETRY_MAX_DELAY")
+    assert "retry_max_delay (= 2s)" in messages_for(error, "STORAGE_RETRY_BASE_DELAY")
+    error = config_error({"CDN_RETRY_BASE_DELAY": "3", "CDN_RETRY_MAX_DELAY": "1"})
+    assert error.settings_named() == {"CDN_RETRY_MAX_DELAY"}
+    assert "cdn_retry_base_delay (= 3s)" in messages_for(error, "CDN_RETRY_MAX_DELAY")
+    # Consistent values of its own pass, even beyond the global ones.
+    settings = load_settings(environ={"CDN_RETRY_BASE_DELAY": "3", "CDN_RETRY_MAX_DELAY": "4"})
+    assert (settings.resilience_values("cdn").retry_base_delay, settings.retry_base_delay) == (3, 0.2)
+
+
+def test_a_broken_override_skips_only_its_own_dependency_check() -> None:
+    error = config_error(
+        {"STORAGE_RETRY_MAX_DELAY": "soon", "STORAGE_RETRY_BASE_DELAY": "5", "LOG_RETRY_MAX_DELAY": "0.1"}
+    )
+    # STORAGE's cross-check needs its max delay, which failed its own check; LOG's still runs.
+    assert error.settings_named() == {"STORAGE_RETRY_MAX_DELAY", "LOG_RETRY_MAX_DELAY"}
+    assert "number" in messages_for(error, "STORAGE_RETRY_MAX_DELAY")
+
+
+def test_redacted_shows_the_overrides_by_their_variables() -> None:
+    redacted = load_settings(environ={"CDN_RETRY_MAX_TRIES": "4"}).redacted()
+    assert redacted["CDN_RETRY_MAX_TRIES"] == 4
+    assert redacted["STORAGE_BREAKER_RECOVERY_TIMEOUT"] is None
+    assert "OVERRIDES" not in redacted
+    variables = {f"{service}_{name}".upper() for service in SERVICES for name in OVERRIDABLE}
+    assert len(variables) == 18
+    assert variables <= set(redacted)

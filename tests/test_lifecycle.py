@@ -11,12 +11,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from photo_api.config import ConfigError, Settings, load_settings
-from photo_api.db import ConnectGate, Database
+from photo_api.db import Database
 from photo_api.health import HEALTHY, DatabaseProbe
 from photo_api.lifecycle import ShutdownHooks
-from tests.conftest import TEST_SECRET
+from photo_api.resilience import ConnectGate
+from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for
+from tests.e2e.dbproxy import DbProxy
 
 PRODUCTION = {
     "ENVIRONMENT": "production",
@@ -24,7 +29,8 @@ PRODUCTION = {
     "JWT_SECRET_KEY": TEST_SECRET,
     "LOCAL_STORAGE_DIR": "/srv/photos",
 }
-RETRY_S = 0.05
+# The gate's background retry interval: tiny, so that its real retries take milliseconds.
+RETRY_S = 0.005
 
 
 class Clock:
@@ -75,14 +81,16 @@ def test_probe_with_no_cache_probes_every_time(settings: Settings) -> None:
 
 
 class FlakyConnect:
-    """A connect function that fails while `down` is set; counts its calls."""
+    """A connect function that fails while `down` is set; counts its calls, and records who made them."""
 
     def __init__(self) -> None:
         self.down = True
         self.calls = 0
+        self.callers: list[str] = []
 
     def __call__(self) -> Any:
         self.calls += 1
+        self.callers.append(threading.current_thread().name)
         if self.down:
             raise ConnectionRefusedError("down")
         return self
@@ -90,34 +98,46 @@ class FlakyConnect:
     def close(self) -> None:
         """What the gate calls on the probe connection it made in the background."""
 
+    def made_by_requests(self) -> int:
+        """Connects tried by callers of `attempt` (this test's thread), not by the background retrier."""
+        return sum(name != "db-connect-retry" for name in self.callers)
+
 
 def unavailable(message: str) -> Exception:
     return RuntimeError(message)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll for what a background thread does (the bound is only a failure guard, never waited out)."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+        time.sleep(0.001)
+
+
+def retrier_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "db-connect-retry"]
 
 
 def test_gate_fails_fast_after_a_failed_connect_and_reopens_by_itself() -> None:
-    gate = ConnectGate(retry_interval=RETRY_S)
+    clock = Clock()
+    gate = ConnectGate(retry_interval=RETRY_S, clock=clock)
     connect = FlakyConnect()
     try:
         with pytest.raises(ConnectionRefusedError):
             gate.attempt(connect, unavailable)
         assert not gate.is_open
-        calls = connect.calls
+        assert connect.made_by_requests() == 1
         started = time.perf_counter()
         with pytest.raises(RuntimeError, match="database unreachable"):
             gate.attempt(connect, unavailable)
         assert time.perf_counter() - started < 0.01
-        assert connect.calls == calls  # rejected without trying: no I/O while the gate is closed
+        clock.now += 2.5
+        with pytest.raises(RuntimeError, match=r"connect failing for 2\.5s"):
+            gate.attempt(connect, unavailable)
+        assert connect.made_by_requests() == 1  # rejected without trying: no I/O while the gate is closed
 
-        time.sleep(RETRY_S * 3)
-        assert connect.calls > calls  # the background retries keep trying while it is down
+        wait_until(lambda: connect.calls >= 4)  # the background retries keep trying while it is down
         assert not gate.is_open
         connect.down = False
         wait_until(lambda: gate.is_open)  # recovered with no request at all
@@ -131,12 +151,42 @@ def test_gate_stops_retrying_once_closed() -> None:
     connect = FlakyConnect()
     with pytest.raises(ConnectionRefusedError):
         gate.attempt(connect, unavailable)
+    wait_until(lambda: connect.calls >= 2)  # retrying in the background
     gate.close()
-    time.sleep(RETRY_S * 2)
+    for thread in retrier_threads():
+        thread.join(2)  # close() wakes the retrier, which ends instead of waiting out its interval
+    assert not retrier_threads()
     calls = connect.calls
-    time.sleep(RETRY_S * 3)
+    with pytest.raises(RuntimeError, match="database unreachable"):
+        gate.attempt(connect, unavailable)
     assert connect.calls == calls
-    assert not [t for t in threading.enumerate() if t.name == "db-connect-retry"]
+    assert not retrier_threads()  # a closed gate starts no new retrier either
+
+
+def test_gate_in_front_of_a_real_postgresql() -> None:
+    # The engine's connects go through the gate: refused ones close it, a real reconnect opens it.
+    name = create_pg_database("photo_api_gate")
+    upstream = make_url(pg_url_for(name))
+    try:
+        with DbProxy((upstream.host or "127.0.0.1", upstream.port or 5432)) as proxy:
+            url = upstream.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+            gate = ConnectGate(retry_interval=RETRY_S)
+            db = Database(load_settings(environ={}, database_url=url, jwt_secret_key=TEST_SECRET), gate)
+            try:
+                assert db.ping(2, lambda conn: conn.execute(text("SELECT 1")).scalar())[1] == 1
+                proxy.set_mode("refuse")
+                with pytest.raises(OperationalError):
+                    db.ping(2, lambda conn: None)  # the pooled connection is gone, its reconnect refused
+                assert not gate.is_open
+                with pytest.raises(OperationalError, match="database unreachable"):
+                    db.ping(2, lambda conn: None)  # no connect attempted at all
+                proxy.set_mode("up")
+                wait_until(lambda: gate.is_open)  # the background retry reached PostgreSQL again
+                assert db.ping(2, lambda conn: conn.execute(text("SELECT 1")).scalar())[1] == 1
+            finally:
+                db.dispose()
+    finally:
+        drop_pg_database(name)
 
 
 def test_gate_ignores_a_killed_caller() -> None:

@@ -1,21 +1,26 @@
-"""Deadline → backoff → breaker composition: retries, fail-fast when open, one half-open trial, deadlines."""
+"""Deadline → backoff → breaker composition: retries, fail-fast when open, one half-open trial, deadlines;
+the policies built from settings; the bulkhead."""
 
 from __future__ import annotations
 
 import subprocess
 import textwrap
+import threading
 from typing import Any
 
 import pytest
 import requests
+from greenlet import GreenletExit
 
 from photo_api.config import load_settings
 from photo_api.resilience import (
+    Bulkhead,
+    BulkheadFull,
     DependencyUnavailable,
+    Policies,
     Policy,
     Resilient,
     TransientError,
-    policy_for,
     raise_for_transient,
 )
 from tests import python_child
@@ -249,7 +254,153 @@ def test_per_service_overrides_replace_the_global_values(service: str) -> None:
             f"{service.upper()}_BREAKER_RECOVERY_TIMEOUT": "12",
         }
     )
-    p = policy_for(settings, service, read_timeout=2)
+    policies = Policies.from_settings(settings)
+    p = getattr(policies, service)
     assert (p.max_tries, p.recovery_timeout, p.failure_threshold) == (7, 12, 5)
-    other = policy_for(settings, "storage" if service != "storage" else "cdn", read_timeout=2)
+    other = getattr(policies, "storage" if service != "storage" else "cdn")
     assert (other.max_tries, other.failure_threshold) == (3, 5)
+
+
+def test_policies_carry_each_dependency_timeouts_and_deadline() -> None:
+    settings = load_settings(
+        environ={
+            "HTTP_TIMEOUT_CONNECT": "2",
+            "STORAGE_DOWNLOAD_TIMEOUT": "40",
+            "STORAGE_AUTH_TIMEOUT": "7",
+            "CDN_TIMEOUT": "4",
+            "LOG_SERVICE_TIMEOUT": "9",
+            "RETRY_MAX_TIME": "20",
+            "STORAGE_RETRY_MAX_TRIES": "6",
+        }
+    )
+    policies = Policies.from_settings(settings)
+    summary = {
+        name: (p.service, p.timeout, p.deadline)
+        for name, p in (
+            ("storage", policies.storage),
+            ("storage_auth", policies.storage_auth),
+            ("cdn", policies.cdn),
+            ("log", policies.log),
+        )
+    }
+    assert summary == {
+        "storage": ("storage", (2, 40), 40),
+        "storage_auth": ("storage_auth", (2, 7), 7),
+        "cdn": ("cdn", (2, 4), 4),
+        # In the background: the whole retry budget, then one last connect and read.
+        "log": ("log", (2, 9), 20 + 2 + 9),
+    }
+    assert policies.storage_auth.max_tries == policies.storage.max_tries == 6  # STORAGE_ covers auth too
+
+
+def test_a_killed_caller_neither_counts_nor_resets() -> None:
+    r, _, _ = make(max_tries=1, failure_threshold=3)
+    for _ in range(2):
+        with pytest.raises(DependencyUnavailable):
+            r.call(Flaky(1))
+    assert r.breaker.failure_count == 2
+
+    def killed() -> str:
+        raise KeyboardInterrupt  # like GreenletExit: says nothing about the dependency
+
+    with pytest.raises(KeyboardInterrupt):
+        r.call(killed)
+    assert r.breaker.failure_count == 2
+    with pytest.raises(DependencyUnavailable):
+        r.call(Flaky(1))
+    assert r.state == "open"  # the third real failure still opens it
+
+
+def test_open_circuit_follows_the_injected_clock() -> None:
+    r, events, clock = make(max_tries=1, failure_threshold=1, recovery_timeout=30)
+    with pytest.raises(DependencyUnavailable):
+        r.call(Flaky(1))
+    assert r.breaker.open_remaining == 30
+    clock.now += 12
+    with pytest.raises(DependencyUnavailable) as info:
+        r.call(Flaky(0))
+    assert info.value.retry_after == 18  # what is left of the open period, rounded up
+    clock.now += 18
+    assert r.state == "half_open"
+    assert r.call(Flaky(0)) == "ok"
+    assert events.states == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_only_the_trial_itself_frees_the_half_open_slot() -> None:
+    # A call admitted while closed and killed during the trial must not let a second trial in.
+    r, _, clock = make(max_tries=1, failure_threshold=1, recovery_timeout=10)
+    started, finish = threading.Event(), threading.Event()
+    ended: list[str] = []
+
+    def killed_later() -> str:
+        started.set()
+        finish.wait(5)
+        raise GreenletExit  # its greenlet is killed: nothing said about the dependency
+
+    def in_flight() -> None:
+        try:
+            r.call(killed_later)
+        except GreenletExit:
+            ended.append("killed")
+
+    caller = threading.Thread(target=in_flight)
+    caller.start()
+    started.wait(5)
+    with pytest.raises(DependencyUnavailable):
+        r.call(Flaky(1))  # opens the circuit while that call is still in flight
+    clock.now += 11
+    rejected: list[str] = []
+
+    def trial() -> str:
+        finish.set()
+        caller.join(5)  # the older call ends while the trial is in flight...
+        try:
+            r.call(lambda: "second trial")  # ...which must not admit a second one
+        except DependencyUnavailable as exc:
+            rejected.append(exc.reason)
+        return "trial"
+
+    assert r.state == "half_open"
+    assert r.call(trial) == "trial"
+    assert ended == ["killed"]
+    assert rejected == ["circuit_open"]
+    assert r.state == "closed"
+
+
+def test_bulkhead_refuses_beyond_capacity_and_gives_slots_back() -> None:
+    bulkhead = Bulkhead(2, queue_timeout=0, name="dep")
+    with bulkhead.slot(), bulkhead.slot():
+        assert bulkhead.in_flight == 2
+        with pytest.raises(BulkheadFull) as info, bulkhead.slot():
+            pass
+        assert info.value.retry_after == 1
+    assert bulkhead.in_flight == 0
+    with pytest.raises(ValueError), bulkhead.slot():
+        raise ValueError("the call failed")
+    assert bulkhead.in_flight == 0  # a failed call gives its slot back too
+    with bulkhead.slot(), bulkhead.slot():
+        pass
+
+
+def test_bulkhead_waiter_gets_a_slot_freed_within_the_queue_timeout() -> None:
+    bulkhead = Bulkhead(1, queue_timeout=5)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with bulkhead.slot():
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    threading.Timer(0.05, release.set).start()
+    with bulkhead.slot():  # waits for the holder rather than failing
+        assert bulkhead.in_flight == 1
+    holder.join(5)
+
+
+@pytest.mark.parametrize(("capacity", "queue_timeout"), [(0, 1), (1, -1)])
+def test_bulkhead_refuses_nonsense(capacity: int, queue_timeout: float) -> None:
+    with pytest.raises(ValueError):
+        Bulkhead(capacity, queue_timeout)

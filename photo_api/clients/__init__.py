@@ -1,7 +1,8 @@
 """Clients of external HTTP services (CDN auth tokens, Log & Crash), built from Settings in one place.
 
-Each client receives plain values and a `Resilient` made from `policy_from_settings`, so timeouts,
-retries and breakers are configured here and composed in `resilience.py`, never inside a client.
+Each client receives plain values and a `Resilient` made from its `Policies.from_settings` policy, so
+timeouts, retries and breakers are configured in `resilience/policy.py` and composed in `resilience/`,
+never inside a client.
 """
 
 from __future__ import annotations
@@ -10,37 +11,23 @@ from collections.abc import Callable
 
 from ..config import Settings
 from ..logs import ContextProvider
-from ..resilience import Events, Policy, Resilient, policy_for
+from ..resilience import Events, Policies, Policy, Resilient
 from .cdn import CdnTokens, CdnUnavailable, InvalidCdnPath
 from .logcrash import LogShipper
 
 
-def policy_from_settings(settings: Settings, service: str) -> Policy:
-    """The timeouts, retry and breaker settings of `service` ("cdn" or "log"), via `resilience.policy_for`.
-
-    "cdn" runs on the request path with a streaming fallback, so CDN_TIMEOUT is both the read timeout
-    of one attempt and the total deadline of the lookup: past it, the image is streamed instead. "log"
-    runs in the background, so its deadline leaves room for the whole retry budget (RETRY_MAX_TIME)
-    plus one last attempt (backoff checks max_time only before an attempt, so the last one may start
-    just before the budget runs out and then take its whole timeout).
-    """
-    if service == "cdn":
-        return policy_for(settings, "cdn", read_timeout=settings.cdn_timeout)
-    if service == "log":
-        read_timeout = settings.log_service_timeout
-        deadline = settings.retry_max_time + settings.http_timeout_connect + read_timeout
-        return policy_for(settings, "log", read_timeout=read_timeout, deadline=deadline)
-    raise ValueError(f"no policy for service {service!r} (known: cdn, log)")
-
-
 def build_cdn_tokens(
-    settings: Settings, *, path_prefix: str | None = None, events: Events | None = None
+    settings: Settings,
+    *,
+    policy: Policy | None = None,
+    path_prefix: str | None = None,
+    events: Events | None = None,
 ) -> CdnTokens | None:
     """The CDN token client, or None when NHN_CDN_DOMAIN is not set (images are then always streamed).
 
-    `path_prefix` is the object's directory on the CDN; by default ``/{NHN_STORAGE_CONTAINER}``, for an
-    origin that is the storage account root, as the replaced service's CDN was set up (docs/nhn-cloud.md,
-    "CDN auth tokens").
+    `policy` defaults to `Policies.from_settings(settings).cdn`. `path_prefix` is the object's directory
+    on the CDN; by default ``/{NHN_STORAGE_CONTAINER}``, for an origin that is the storage account root,
+    as the replaced service's CDN was set up (docs/nhn-cloud.md, "CDN auth tokens").
     """
     if not settings.nhn_cdn_domain:
         return None
@@ -55,7 +42,7 @@ def build_cdn_tokens(
         app_key=settings.nhn_cdn_app_key,
         secret_key=settings.nhn_cdn_secret_key.get_secret_value() if settings.nhn_cdn_secret_key else None,
         api_url=settings.nhn_cdn_api_url,
-        resilient=Resilient(policy_from_settings(settings, "cdn"), events=events) if api else None,
+        resilient=Resilient(policy or Policies.from_settings(settings).cdn, events=events) if api else None,
         path_prefix=path_prefix,
         cache_size=settings.cdn_token_cache_size,
     )
@@ -64,6 +51,7 @@ def build_cdn_tokens(
 def build_log_shipper(
     settings: Settings,
     *,
+    policy: Policy | None = None,
     context: ContextProvider | None = None,
     events: Events | None = None,
     on_dropped: Callable[[str, int], None] | None = None,
@@ -71,8 +59,9 @@ def build_log_shipper(
 ) -> LogShipper | None:
     """The Log & Crash handler (not started), or None when NHN_LOG_URL/NHN_LOG_APPKEY are not set.
 
-    `context` adds the request's fields (request id, endpoint) to each record; `on_dropped(reason, n)`
-    and `on_depth(n)` are where metrics attach.
+    `policy` defaults to `Policies.from_settings(settings).log`. `context` adds the request's fields
+    (request id, endpoint) to each record; `on_dropped(reason, n)` and `on_depth(n)` are where metrics
+    attach.
     """
     if not (settings.nhn_log_url and settings.nhn_log_appkey):
         return None
@@ -82,7 +71,7 @@ def build_log_shipper(
         appkey=settings.nhn_log_appkey,
         project_version=settings.app_version,
         host=settings.instance_id,
-        resilient=Resilient(policy_from_settings(settings, "log"), events=events),
+        resilient=Resilient(policy or Policies.from_settings(settings).log, events=events),
         queue_size=settings.log_queue_size,
         batch_size=settings.log_batch_size,
         flush_interval=settings.log_flush_interval,
@@ -101,5 +90,4 @@ __all__ = [
     "LogShipper",
     "build_cdn_tokens",
     "build_log_shipper",
-    "policy_from_settings",
 ]

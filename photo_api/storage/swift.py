@@ -1,7 +1,8 @@
 """OpenStack Swift storage (NHN Cloud Object Storage speaks the Swift v1 API), behind our resilience policy.
 
-Every request goes bulkhead → token → `Resilient.call` (deadline → retries → breaker → the request),
-with one re-authentication when Swift answers 401. Decisions worth knowing:
+Every request goes bulkhead (a `resilience.Bulkhead`, given by the caller) → token → `Resilient.call`
+(deadline → retries → breaker → the request), with one re-authentication when Swift answers 401.
+Decisions worth knowing:
 
 - Uploads are streamed with `Transfer-Encoding: chunked` and hashed on the way; Swift's ETag must match
   our MD5. An upload is retried (transient failure, or a 401) only when its source is seekable, so it
@@ -12,6 +13,9 @@ with one re-authentication when Swift answers 401. Decisions worth knowing:
 - For a streaming GET, the deadline and the bulkhead slot cover obtaining the response headers; the
   body then streams under the per-read timeout, for as long as the client takes to receive it.
 - Nothing above this module sees a requests exception or a Swift status code.
+
+It is long (about 600 lines) because it is one backend's whole contract, read top to bottom: every
+Storage call, the upload body, and the translation of Swift's answers, all private to it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from requests.adapters import HTTPAdapter
 
 from photo_api.resilience import (
     RETRYABLE_STATUSES,
+    Bulkhead,
+    BulkheadFull,
     DependencyUnavailable,
     Events,
     Policy,
@@ -63,8 +69,6 @@ MAX_CONTENT_TYPE_LENGTH = 255
 POOL_SIZE_PER_SLOT = 2
 # Host pools kept by the session: Swift, the auth service, and a spare for a catalog URL change.
 POOL_HOSTS = 3
-# How long callers are told to wait when the worker's bulkhead is full.
-BULKHEAD_RETRY_AFTER_S = 1
 
 _CONTENT_TYPE_RE = re.compile(rf"[\x20-\x7e]{{1,{MAX_CONTENT_TYPE_LENGTH}}}")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
@@ -149,13 +153,12 @@ class SwiftStorage:
         auth_policy: Policy,
         upload_timeout: float,
         check_timeout: float,
+        bulkhead: Bulkhead,
         auth_version: Literal["1", "2"] = "2",
         tenant_id: str | None = None,
         storage_url: str | None = None,
         region: str = "",
         temp_url_key: str | None = None,
-        max_concurrency: int = 20,
-        queue_timeout: float = 0.5,
         events: Events | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -163,21 +166,18 @@ class SwiftStorage:
         _validate_container(container)
         if auth_version == "2" and not tenant_id:
             raise ValueError("Keystone v2 auth needs a tenant id")
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
         self._container = container
         self._policy = policy
         self._upload_timeout = upload_timeout
         self._check_timeout = check_timeout
         self._temp_url_key = temp_url_key.encode() if temp_url_key else None
-        self._queue_timeout = queue_timeout
         self._wall_clock = wall_clock
         # One session per process: its pool is shared by every greenlet of the worker. Failed attempts
         # are retried by Resilient only, never also by urllib3 (retries would multiply).
         self._session = requests.Session()
         adapter = HTTPAdapter(
             pool_connections=POOL_HOSTS,
-            pool_maxsize=max_concurrency * POOL_SIZE_PER_SLOT,
+            pool_maxsize=bulkhead.capacity * POOL_SIZE_PER_SLOT,
             max_retries=0,
             # Blocking would wait forever: requests never passes a pool timeout to urllib3.
             pool_block=False,
@@ -201,8 +201,7 @@ class SwiftStorage:
             clock=clock,
             wall_clock=wall_clock,
         )
-        # Bulkhead. Under gevent this is gevent's semaphore (threading is patched before the app is built).
-        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._bulkhead = bulkhead
         self._container_lock = threading.Lock()
         self._container_ready = False
 
@@ -434,14 +433,13 @@ class SwiftStorage:
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
-        if not self._slots.acquire(timeout=self._queue_timeout):
-            raise StorageUnavailable(
-                "too many storage calls in flight in this worker", retry_after=BULKHEAD_RETRY_AFTER_S
-            )
         try:
-            yield
-        finally:
-            self._slots.release()
+            with self._bulkhead.slot():
+                yield
+        except BulkheadFull as exc:
+            raise StorageUnavailable(
+                "too many storage calls in flight in this worker", retry_after=exc.retry_after
+            ) from None
 
     def _ensure_container(self) -> None:
         """HEAD the container, PUT it when missing; once per process, not once per upload."""

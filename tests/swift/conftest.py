@@ -25,7 +25,7 @@ from urllib.parse import unquote
 import pytest
 import requests
 
-from photo_api.resilience import Policy
+from photo_api.resilience import Bulkhead, Policy
 from photo_api.storage import SwiftStorage
 from tests.faultproxy import FaultProxy
 
@@ -248,6 +248,7 @@ def make_storage(swift: Swift, container: str) -> Iterator[MakeStorage]:
                 "auth_policy": fast_policy("storage_auth"),
                 "upload_timeout": 30.0,
                 "check_timeout": 2.0,
+                "bulkhead": Bulkhead(20, 0.5),
                 "temp_url_key": swift.temp_url_key,
             }
             kwargs.update(overrides)

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, cast
 
 import pytest
 
+from photo_api.resilience import Bulkhead
 from photo_api.storage import ObjectNotFound, StorageError, StorageUnavailable, SwiftStorage
 from tests import python_child
 from tests.faultproxy import Fault, FaultProxy
@@ -251,13 +252,15 @@ GEVENT_DEADLINE = textwrap.dedent(
     """
     from gevent import monkey; monkey.patch_all()
     import json, sys, time
+    from photo_api.resilience import Bulkhead
     from photo_api.storage import StorageUnavailable, SwiftStorage
     from tests.swift.conftest import fast_policy
     auth_url, user, password, storage_url, container, key = sys.argv[1:7]
     # A read timeout far beyond the deadline: only the deadline can end these calls early.
     storage = SwiftStorage(auth_url=auth_url, auth_version="1", username=user, password=password,
                            storage_url=storage_url, container=container, upload_timeout=30, check_timeout=2,
-                           policy=fast_policy(read_timeout=30, deadline=0.5), auth_policy=fast_policy("storage_auth"))
+                           bulkhead=Bulkhead(20, 0.5), policy=fast_policy(read_timeout=30, deadline=0.5),
+                           auth_policy=fast_policy("storage_auth"))
     storage._tokens.token()   # authenticate up front (auth goes straight to Swift anyway)
     print("ready", flush=True)
     sys.stdin.readline()      # the test blackholes the proxy now
@@ -306,7 +309,7 @@ def test_blackholed_swift_is_cut_at_the_deadline_under_gevent(
 def test_bulkhead_bounds_concurrent_calls(
     behind_proxy: Callable[..., SwiftStorage], swift_proxy: FaultProxy, key: str
 ) -> None:
-    storage = behind_proxy(policy=fast_policy(read_timeout=1.0, max_tries=1), max_concurrency=2, queue_timeout=0.1)
+    storage = behind_proxy(policy=fast_policy(read_timeout=1.0, max_tries=1), bulkhead=Bulkhead(2, 0.1))
     storage.check()
     swift_proxy.set(Fault.blackhole())
     before = swift_proxy.connections

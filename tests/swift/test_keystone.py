@@ -188,13 +188,14 @@ GEVENT_REFRESH = textwrap.dedent(
     """
     from gevent import monkey; monkey.patch_all()
     import io, json, sys, gevent
+    from photo_api.resilience import Bulkhead
     from photo_api.storage import SwiftStorage
     from tests.swift.conftest import Clock, fast_policy
     auth_url, tenant, user, password, container, key, lifetime = sys.argv[1:8]
     clock = Clock()
     storage = SwiftStorage(auth_url=auth_url, auth_version="2", tenant_id=tenant, username=user, password=password,
                            container=container, policy=fast_policy(), auth_policy=fast_policy("storage_auth"),
-                           upload_timeout=10, check_timeout=2, max_concurrency=100, clock=clock)
+                           upload_timeout=10, check_timeout=2, bulkhead=Bulkhead(100, 0.5), clock=clock)
     storage.put(key, io.BytesIO(b"green"), content_type="image/png")
     clock.advance(float(lifetime) + 1)   # expired: every greenlet needs a new token at once
     jobs = [gevent.spawn(storage.head, key) for _ in range(50)]

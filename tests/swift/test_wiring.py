@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from photo_api.config import load_settings
-from photo_api.resilience import policy_for
+from photo_api.resilience import Bulkhead, Policies
 from photo_api.runtime import Runtime, swift_storage_options
 from photo_api.storage import SwiftStorage
 from tests.conftest import TEST_SECRET
@@ -40,21 +40,22 @@ def test_runtime_builds_swift_storage_without_network(tmp_path: Path) -> None:
 
 
 def test_timeouts_map_onto_the_operations(tmp_path: Path) -> None:
-    options = swift_storage_options(
-        settings(
-            tmp_path,
-            HTTP_TIMEOUT_CONNECT="2",
-            STORAGE_AUTH_TIMEOUT="7",
-            STORAGE_DOWNLOAD_TIMEOUT="40",
-            STORAGE_UPLOAD_TIMEOUT="90",
-            HEALTH_CHECK_TIMEOUT="1.5",
-        )
+    s = settings(
+        tmp_path,
+        HTTP_TIMEOUT_CONNECT="2",
+        STORAGE_AUTH_TIMEOUT="7",
+        STORAGE_DOWNLOAD_TIMEOUT="40",
+        STORAGE_UPLOAD_TIMEOUT="90",
+        HEALTH_CHECK_TIMEOUT="1.5",
     )
+    options = swift_storage_options(s, Policies.from_settings(s))
     policy, auth = options["policy"], options["auth_policy"]
     assert (policy.service, policy.timeout, policy.deadline) == ("storage", (2, 40), 40)
     assert (auth.service, auth.timeout, auth.deadline) == ("storage_auth", (2, 7), 7)
     assert (options["upload_timeout"], options["check_timeout"]) == (90, 1.5)
-    assert (options["max_concurrency"], options["queue_timeout"]) == (20, 0.5)
+    bulkhead = options["bulkhead"]
+    assert isinstance(bulkhead, Bulkhead)
+    assert (bulkhead.capacity, bulkhead.queue_timeout) == (20, 0.5)
 
 
 def test_per_service_overrides_win_over_the_global_values(tmp_path: Path) -> None:
@@ -66,12 +67,13 @@ def test_per_service_overrides_win_over_the_global_values(tmp_path: Path) -> Non
         STORAGE_BREAKER_FAILURE_THRESHOLD="9",
         STORAGE_BREAKER_RECOVERY_TIMEOUT="12",
     )
-    storage = policy_for(s, "storage", read_timeout=10)
+    policies = Policies.from_settings(s)
+    storage = policies.storage
     assert (storage.max_tries, storage.failure_threshold, storage.recovery_timeout) == (6, 9, 12)
     assert storage.max_time == s.retry_max_time  # not overridden: the global value
-    other = policy_for(s, "cdn", read_timeout=5)  # a service without overrides
+    other = policies.cdn  # a service without overrides
     assert (other.max_tries, other.failure_threshold, other.recovery_timeout) == (3, 5, s.breaker_recovery_timeout)
-    assert other.deadline == 5
+    assert other.deadline == s.cdn_timeout == 5
 
 
 @pytest.mark.parametrize(("name", "value"), [("STORAGE_RETRY_MAX_TRIES", "0"), ("STORAGE_MAX_CONCURRENCY", "0")])

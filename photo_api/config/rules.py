@@ -1,0 +1,251 @@
+"""The rules between settings and the production rules: the operational arithmetic checked at boot.
+
+Each rule gets validated Settings and yields a ConfigProblem per thing wrong; `RULES` names the fields
+each one reads, so that `load_settings()` skips a rule when one of them already failed its own check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+from .problems import ConfigProblem, problem
+from .settings import SERVICES, Service, Settings
+
+# Values copied from tutorials and example files; a production secret must never be one of them.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {"", "secret", "changeme", "change-me", "your-secret-key", "your-secret-key-here", "dev", "development"}
+)
+MIN_SECRET_BYTES = 32
+MIN_PRODUCTION_HASH_MEMORY_KIB = 19_456
+MIN_PRODUCTION_HASH_TIME_COST = 2
+
+
+Rule = tuple[tuple[str, ...], Callable[[Settings], Iterable[ConfigProblem]]]
+
+
+def _rule_jwt(s: Settings) -> Iterable[ConfigProblem]:
+    if not s.is_production:
+        return
+    secret = s.jwt_secret_key.get_secret_value() if s.jwt_secret_key else None
+    if secret is None:
+        yield problem("jwt_secret_key", "required in production")
+    elif secret.strip().lower() in KNOWN_DEFAULT_SECRETS:
+        yield problem("jwt_secret_key", "is a well-known default value")
+    elif len(secret.encode()) < MIN_SECRET_BYTES:
+        yield problem("jwt_secret_key", f"must be at least {MIN_SECRET_BYTES} bytes in production")
+
+
+def _rule_password_hash(s: Settings) -> Iterable[ConfigProblem]:
+    # OWASP's floor for argon2id (m=19 MiB, t=2); cheaper settings exist only to keep test suites quick.
+    if s.is_production and s.password_hash_memory_kib < MIN_PRODUCTION_HASH_MEMORY_KIB:
+        yield problem("password_hash_memory_kib", f"must be at least {MIN_PRODUCTION_HASH_MEMORY_KIB} in production")
+    if s.is_production and s.password_hash_time_cost < MIN_PRODUCTION_HASH_TIME_COST:
+        yield problem("password_hash_time_cost", f"must be at least {MIN_PRODUCTION_HASH_TIME_COST} in production")
+
+
+def _rule_database_url(s: Settings) -> Iterable[ConfigProblem]:
+    # Parsed with urlsplit, not SQLAlchemy: the gunicorn master validates settings too, and has no use for
+    # SQLAlchemy (nor should it load it before forking the workers that gevent then patches).
+    if s.database_url is None:
+        return
+    try:
+        parts = urlsplit(s.database_url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        yield problem("database_url", "is not a valid database URL (e.g. postgresql://user:password@host:5432/db)")
+        return
+    backend = parts.scheme.split("+", 1)[0]
+    if backend not in ("sqlite", "postgresql", "postgres") or not s.database_url.startswith(f"{parts.scheme}://"):
+        yield problem("database_url", "must be a postgresql:// or sqlite:// URL")
+
+
+def _rule_production_database(s: Settings) -> Iterable[ConfigProblem]:
+    if s.is_production and (s.database_url is None or s.is_sqlite):
+        yield problem("database_url", "production needs PostgreSQL (SQLite is for development only)")
+
+
+def _rule_debug(s: Settings) -> Iterable[ConfigProblem]:
+    if s.is_production and s.debug:
+        yield problem("debug", "must be off in production")
+
+
+def _rule_psycogreen(s: Settings) -> Iterable[ConfigProblem]:
+    if s.is_production and s.disable_psycogreen:
+        yield problem("disable_psycogreen", "is a diagnostic switch and must be off in production")
+
+
+def _rule_local_storage(s: Settings) -> Iterable[ConfigProblem]:
+    if s.storage_backend == "local" and s.is_production and s.local_storage_dir is None:
+        yield problem("local_storage_dir", "production with STORAGE_BACKEND=local needs an explicit directory")
+
+
+def _rule_swift(s: Settings) -> Iterable[ConfigProblem]:
+    if s.storage_backend == "swift":
+        needed = ["nhn_storage_auth_url", "nhn_storage_iam_user", "nhn_storage_iam_password", "nhn_storage_container"]
+        if s.nhn_storage_auth_version == "2":
+            needed.append("nhn_storage_tenant_id")
+        for name in needed:
+            if not getattr(s, name):
+                yield problem(name, "required when STORAGE_BACKEND=swift")
+
+
+def _rule_cdn(s: Settings) -> Iterable[ConfigProblem]:
+    if not s.nhn_cdn_domain:
+        return
+    if "://" in s.nhn_cdn_domain or "/" in s.nhn_cdn_domain:
+        yield problem("nhn_cdn_domain", "must be a bare host name, without scheme or path")
+    if s.nhn_cdn_encrypt_key is None:
+        yield problem("nhn_cdn_encrypt_key", "required when NHN_CDN_DOMAIN is set")
+    else:
+        try:
+            bytes.fromhex(s.nhn_cdn_encrypt_key.get_secret_value())
+        except ValueError:
+            yield problem("nhn_cdn_encrypt_key", "must be the hex string shown in the CDN console")
+    if s.cdn_token_mode == "api":
+        for name in ("nhn_cdn_app_key", "nhn_cdn_secret_key"):
+            if not getattr(s, name):
+                yield problem(name, "required when NHN_CDN_DOMAIN is set and CDN_TOKEN_MODE=api")
+
+
+def _rule_log_shipping(s: Settings) -> Iterable[ConfigProblem]:
+    if bool(s.nhn_log_appkey) != bool(s.nhn_log_url):
+        missing = "nhn_log_url" if s.nhn_log_appkey else "nhn_log_appkey"
+        yield problem(missing, "NHN_LOG_APPKEY and NHN_LOG_URL go together")
+
+
+def _rule_health_timeout(s: Settings) -> Iterable[ConfigProblem]:
+    if s.health_check_timeout >= s.lb_health_check_timeout:
+        yield problem(
+            "health_check_timeout",
+            f"must be below the load balancer's probe timeout (LB_HEALTH_CHECK_TIMEOUT={s.lb_health_check_timeout:g}s)",
+        )
+
+
+def _rule_graceful(s: Settings) -> Iterable[ConfigProblem]:
+    # The drain delay runs *before* the graceful stop (see lifecycle.py), so the graceful budget only has
+    # to cover the longest request that can be in flight when listeners close: the DB statement timeout.
+    longest = s.db_statement_timeout_ms / 1000
+    if s.graceful_timeout < longest:
+        yield problem(
+            "graceful_timeout",
+            f"must be at least the longest request timeout (DB_STATEMENT_TIMEOUT_MS = {longest:g}s)",
+        )
+
+
+def _rule_drain(s: Settings) -> Iterable[ConfigProblem]:
+    # While draining, the probe answers 503 at once; the LB needs `threshold` failed probes, one per
+    # interval, to stop routing, plus one probe timeout of margin for a probe already under way and for
+    # the LB to apply its decision. The listeners close after the drain delay: anything the LB still
+    # sends then is refused or reset. Development has no LB in front, so a short delay is fine there.
+    needed = s.lb_health_check_interval * s.lb_unhealthy_threshold + s.lb_health_check_timeout
+    if s.is_production and s.drain_delay_seconds < needed:
+        yield problem(
+            "drain_delay_seconds",
+            f"must be at least LB_HEALTH_CHECK_INTERVAL x LB_UNHEALTHY_THRESHOLD + LB_HEALTH_CHECK_TIMEOUT "
+            f"(= {needed:g}s), or the load balancer still sends requests when the listeners close",
+        )
+
+
+def _rule_max_requests(s: Settings) -> Iterable[ConfigProblem]:
+    if s.max_requests == 0 and s.max_requests_jitter:
+        yield problem("max_requests_jitter", "only applies with MAX_REQUESTS > 0")
+
+
+def _rule_keepalive(s: Settings) -> Iterable[ConfigProblem]:
+    if s.lb_idle_timeout and s.keepalive <= s.lb_idle_timeout:
+        yield problem(
+            "keepalive",
+            f"must be longer than the load balancer's idle timeout (LB_IDLE_TIMEOUT={s.lb_idle_timeout:g}s), "
+            "or the LB reuses connections the app has closed (502s)",
+        )
+
+
+def _rule_retries(s: Settings) -> Iterable[ConfigProblem]:
+    if s.retry_max_delay < s.retry_base_delay:
+        yield problem("retry_max_delay", "must not be below RETRY_BASE_DELAY")
+
+
+def _rule_service_retries(service: Service) -> Callable[[Settings], Iterable[ConfigProblem]]:
+    """The global rule above, for the values that apply to `service` once its overrides are in."""
+
+    def rule(s: Settings) -> Iterable[ConfigProblem]:
+        override = s.overrides.get(service)
+        if override is None or (override.retry_max_delay is None and override.retry_base_delay is None):
+            return  # nothing of its own: the global rule covers it
+        values = s.resilience_values(service)
+        if values.retry_max_delay >= values.retry_base_delay:
+            return
+        if override.retry_max_delay is not None:
+            base = "retry_base_delay" if override.retry_base_delay is None else f"{service}_retry_base_delay"
+            yield problem(
+                f"{service}_retry_max_delay", f"must not be below {base.upper()} (= {values.retry_base_delay:g}s)"
+            )
+        else:
+            yield problem(
+                f"{service}_retry_base_delay", f"must not be above RETRY_MAX_DELAY (= {values.retry_max_delay:g}s)"
+            )
+
+    return rule
+
+
+def _rule_urls(s: Settings) -> Iterable[ConfigProblem]:
+    for name in (
+        "public_base_url",
+        "nhn_storage_auth_url",
+        "nhn_storage_url",
+        "nhn_cdn_api_url",
+        "nhn_log_url",
+        "prometheus_pushgateway_url",
+    ):
+        value = getattr(s, name)
+        if value and not _is_http_url(value):
+            yield problem(name, "must be an http:// or https:// URL with a host")
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+# Each rule names the fields (or overrides, as `storage_retry_max_delay`) it reads, so that it is skipped
+# when one of them already failed its own check.
+RULES: list[Rule] = [
+    (("environment", "jwt_secret_key"), _rule_jwt),
+    (("environment", "password_hash_memory_kib", "password_hash_time_cost"), _rule_password_hash),
+    (("database_url",), _rule_database_url),
+    (("environment", "database_url"), _rule_production_database),
+    (("environment", "debug"), _rule_debug),
+    (("environment", "disable_psycogreen"), _rule_psycogreen),
+    (("environment", "storage_backend", "local_storage_dir"), _rule_local_storage),
+    (("storage_backend", "nhn_storage_auth_version"), _rule_swift),
+    (("nhn_cdn_domain", "nhn_cdn_encrypt_key", "cdn_token_mode"), _rule_cdn),
+    ((), _rule_log_shipping),
+    (("health_check_timeout", "lb_health_check_timeout"), _rule_health_timeout),
+    (("graceful_timeout", "db_statement_timeout_ms"), _rule_graceful),
+    (("keepalive", "lb_idle_timeout"), _rule_keepalive),
+    (
+        (
+            "environment",
+            "drain_delay_seconds",
+            "lb_health_check_interval",
+            "lb_unhealthy_threshold",
+            "lb_health_check_timeout",
+        ),
+        _rule_drain,
+    ),
+    (("max_requests", "max_requests_jitter"), _rule_max_requests),
+    (("retry_max_delay", "retry_base_delay"), _rule_retries),
+    *(
+        (
+            ("retry_max_delay", "retry_base_delay", f"{service}_retry_max_delay", f"{service}_retry_base_delay"),
+            _rule_service_retries(service),
+        )
+        for service in SERVICES
+    ),
+    ((), _rule_urls),
+]

@@ -1,0 +1,320 @@
+"""The Settings model: every setting, typed, with its default and range (the fields' names are the variables').
+
+Reading the environment and the env file is `sources.py`; the rules between settings are `rules.py`.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from importlib import metadata
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+SECRET_FIELDS = frozenset(
+    {
+        "jwt_secret_key",
+        "nhn_storage_iam_password",
+        "nhn_storage_temp_url_key",
+        "nhn_cdn_secret_key",
+        "nhn_cdn_encrypt_key",
+    }
+)
+
+# The retry and breaker values, with their ranges: declared once, for the global settings and for each
+# dependency's overrides.
+RetryMaxTries = Annotated[int, Field(ge=1, le=20)]
+RetryMaxTime = Annotated[float, Field(gt=0, le=600)]
+RetryBaseDelay = Annotated[float, Field(ge=0, le=60)]
+RetryMaxDelay = Annotated[float, Field(ge=0, le=600)]
+BreakerFailureThreshold = Annotated[int, Field(ge=1, le=1000)]
+BreakerRecoveryTimeout = Annotated[float, Field(gt=0, le=3600)]
+
+# The dependencies whose retry and breaker values may be overridden, by the variables
+# `{SERVICE}_{VALUE}` (e.g. STORAGE_RETRY_MAX_TRIES); "storage" covers the storage auth service too.
+Service = Literal["storage", "cdn", "log"]
+SERVICES: tuple[Service, ...] = get_args(Service)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("photo-api")
+    except metadata.PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0+source"
+
+
+class ServiceOverride(BaseModel):
+    """One dependency's own retry and breaker values; unset (None) ones take the global value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retry_max_tries: RetryMaxTries | None = None
+    retry_max_time: RetryMaxTime | None = None
+    retry_base_delay: RetryBaseDelay | None = None
+    retry_max_delay: RetryMaxDelay | None = None
+    breaker_failure_threshold: BreakerFailureThreshold | None = None
+    breaker_recovery_timeout: BreakerRecoveryTimeout | None = None
+
+
+# The names of the six values, which are also the names of the global settings they override.
+OVERRIDABLE: tuple[str, ...] = tuple(ServiceOverride.model_fields)
+
+
+def override_variable(service: str, name: str) -> str:
+    """The environment variable of one dependency's override, e.g. STORAGE_RETRY_MAX_TRIES."""
+    return f"{service}_{name}".upper()
+
+
+@dataclass(frozen=True)
+class ResilienceValues:
+    """The retry and breaker values that apply to one dependency: its overrides, else the global ones."""
+
+    retry_max_tries: int
+    retry_max_time: float
+    retry_base_delay: float
+    retry_max_delay: float
+    breaker_failure_threshold: int
+    breaker_recovery_timeout: float
+
+
+class Settings(BaseSettings):
+    """The validated configuration; field `foo_bar` is read from the variable `FOO_BAR`.
+
+    `model_config` tells pydantic-settings' sources how variables are named (case-insensitive, no
+    prefix); `load_settings()` runs those sources itself (see `settings_customise_sources`).
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, validate_default=True, case_sensitive=False)
+
+    # app
+    environment: Literal["development", "production"] = "development"
+    app_name: str = "photo-api"
+    app_version: str = Field(default_factory=_package_version)
+    public_base_url: str | None = None
+    max_upload_bytes: int = Field(default=26_214_400, ge=1, le=5 * 1024**3)
+    max_json_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024**2)
+    enable_docs: bool = True
+    debug: bool = False
+    # Number of reverse proxies in front of the app whose X-Forwarded-* headers are trusted.
+    trusted_proxy_count: int = Field(default=0, ge=0, le=5)
+
+    # identity
+    instance_ip: str | None = None
+    node_name: str = Field(default_factory=socket.gethostname)
+    region: str = ""
+
+    # database
+    database_url: str | None = None
+    db_pool_size: int = Field(default=5, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_timeout: float = Field(default=30, gt=0, le=300)
+    db_pool_recycle: int = Field(default=1800, ge=-1)
+    db_connect_timeout: float = Field(default=5, gt=0, le=120)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0, le=3_600_000)
+    db_slow_query_ms: int = Field(default=500, ge=0)
+    # Diagnostic switch, refused in production: leave psycopg2 blocking in gevent workers, to see (and to
+    # test) what a slow query does to every other request of the worker without psycogreen.
+    disable_psycogreen: bool = False
+
+    # auth
+    jwt_secret_key: SecretStr | None = None
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    access_token_expire_minutes: int = Field(default=30, ge=1, le=60 * 24 * 30)
+    # argon2id cost; the defaults are RFC 9106's second recommendation (argon2-cffi's own defaults).
+    password_hash_time_cost: int = Field(default=3, ge=1, le=20)
+    password_hash_memory_kib: int = Field(default=65_536, ge=8, le=4 * 1024 * 1024)
+    password_hash_parallelism: int = Field(default=4, ge=1, le=64)
+
+    # storage
+    storage_backend: Literal["local", "swift"] = "local"
+    local_storage_dir: Path | None = None
+    nhn_storage_auth_url: str | None = None
+    nhn_storage_auth_version: Literal["1", "2"] = "2"
+    nhn_storage_tenant_id: str | None = None
+    nhn_storage_iam_user: str | None = None
+    nhn_storage_iam_password: SecretStr | None = None
+    nhn_storage_url: str | None = None
+    nhn_storage_container: str | None = None
+    nhn_storage_temp_url_key: SecretStr | None = None
+    upload_url_expire_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # Bulkhead: concurrent storage calls per worker, and how long a call waits for a free slot before
+    # failing with 503, so a slow storage cannot hold every greenlet of the worker.
+    storage_max_concurrency: int = Field(default=20, ge=1, le=10_000)
+    storage_queue_timeout: float = Field(default=0.5, ge=0, le=60)
+
+    # cdn
+    nhn_cdn_domain: str | None = None
+    nhn_cdn_app_key: str | None = None
+    nhn_cdn_secret_key: SecretStr | None = None
+    nhn_cdn_encrypt_key: SecretStr | None = None
+    nhn_cdn_api_url: str = "https://cdn.api.nhncloudservice.com"
+    cdn_token_mode: Literal["api", "local"] = "api"
+    image_token_expire_seconds: int = Field(default=600, ge=10, le=7 * 24 * 3600)
+    share_image_token_expire_seconds: int = Field(default=7200, ge=10, le=7 * 24 * 3600)
+    cdn_token_cache_size: int = Field(default=1000, ge=0, le=1_000_000)
+
+    # log shipping
+    nhn_log_appkey: str | None = None
+    nhn_log_url: str | None = None
+    log_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    log_batch_size: int = Field(default=100, ge=1, le=10_000)
+    log_flush_interval: float = Field(default=2.0, gt=0, le=300)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # timeouts (seconds)
+    http_timeout_connect: float = Field(default=3, gt=0, le=120)
+    storage_auth_timeout: float = Field(default=10, gt=0, le=300)
+    storage_upload_timeout: float = Field(default=60, gt=0, le=3600)
+    storage_download_timeout: float = Field(default=60, gt=0, le=3600)
+    cdn_timeout: float = Field(default=5, gt=0, le=120)
+    log_service_timeout: float = Field(default=10, gt=0, le=300)
+    health_check_timeout: float = Field(default=2, gt=0, le=60)
+    # How long one worker reuses its last database probe: every LB probing every second then costs at
+    # most one `SELECT 1` per worker per interval, however many LBs there are.
+    health_check_cache_seconds: float = Field(default=1, ge=0, le=60)
+
+    # retries
+    retry_max_tries: RetryMaxTries = 3
+    retry_max_time: RetryMaxTime = 10
+    retry_base_delay: RetryBaseDelay = 0.2
+    retry_max_delay: RetryMaxDelay = 2
+
+    # circuit breakers
+    breaker_failure_threshold: BreakerFailureThreshold = 5
+    breaker_recovery_timeout: BreakerRecoveryTimeout = 30
+
+    # Per-dependency overrides of the six values above, read from STORAGE_RETRY_MAX_TRIES,
+    # CDN_BREAKER_RECOVERY_TIMEOUT, ... (sources.py); a dependency without an entry uses the global
+    # values. NoDecode: no variable named OVERRIDES is ever parsed as JSON.
+    overrides: Annotated[dict[Service, ServiceOverride], NoDecode] = Field(default_factory=dict)
+
+    # lifecycle
+    bind: str = "127.0.0.1:8000"
+    drain_delay_seconds: float = Field(default=10, ge=0, le=600)
+    graceful_timeout: float = Field(default=30, ge=1, le=3600)
+    workers: int | None = Field(default=None, ge=1, le=256)
+    worker_connections: int = Field(default=1000, ge=1, le=100_000)
+    keepalive: int = Field(default=75, ge=0, le=3600)
+    # gunicorn's heartbeat: a worker whose event loop is blocked this long is killed (not a request timeout).
+    worker_timeout: int = Field(default=30, ge=1, le=3600)
+    # Recycle a worker after this many requests (plus up to the jitter), 0 = never; only for a leak.
+    max_requests: int = Field(default=0, ge=0, le=10_000_000)
+    max_requests_jitter: int = Field(default=0, ge=0, le=10_000_000)
+    # What the load balancer in front is configured with; used only to check the values above
+    # (ops/README.md derives one from the other).
+    lb_health_check_timeout: float = Field(default=5, gt=0, le=120)
+    lb_health_check_interval: float = Field(default=2, gt=0, le=300)
+    lb_unhealthy_threshold: int = Field(default=2, ge=1, le=20)
+    lb_idle_timeout: float = Field(default=60, ge=0, le=4000)
+
+    # metrics (photo_api/metrics/): served by the gunicorn master on METRICS_BIND_HOST:METRICS_PORT, never
+    # on the public port; loopback by default, so exposing it to Prometheus is a deliberate choice.
+    metrics_enabled: bool = True
+    metrics_port: int = Field(default=9200, ge=1, le=65535)
+    metrics_bind_host: IPvAnyAddress = IPv4Address("127.0.0.1")
+    prometheus_multiproc_dir: Path | None = None
+    prometheus_pushgateway_url: str | None = None
+    prometheus_push_interval_seconds: float = Field(default=30, ge=1, le=3600)
+    # How long the final push stays on the Pushgateway before the group is deleted at shutdown: at least
+    # Prometheus's scrape interval of the Pushgateway, or the last values are never scraped.
+    prometheus_push_linger_seconds: float = Field(default=15, ge=0, le=600)
+
+    @field_validator("environment", "storage_backend", "cdn_token_mode", "log_level", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return value.upper() if value.lower() in {"debug", "info", "warning", "error"} else value.lower()
+        return value
+
+    @field_validator("jwt_algorithm", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values passed in: `load_settings()` reads the environment and the env file itself.
+
+        It runs pydantic-settings' environment and env-file sources explicitly (sources.py), so that a
+        test's environ dict replaces os.environ and a value that failed validation can be left out of a
+        second validation; constructing Settings never reads the process environment behind its back.
+        """
+        return (init_settings,)
+
+    @property
+    def is_production(self) -> bool:
+        """True when ENVIRONMENT=production."""
+        return self.environment == "production"
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is an embedded SQLite file."""
+        return (self.database_url or "").startswith("sqlite")
+
+    @property
+    def instance_id(self) -> str:
+        """How this instance names itself in health bodies, logs and metrics."""
+        return self.instance_ip or detect_instance_ip() or self.node_name
+
+    def resilience_values(self, service: Service) -> ResilienceValues:
+        """The retry and breaker values of `service`: each of its overrides, else the global value."""
+        override = self.overrides.get(service) or ServiceOverride()
+        values = {}
+        for name in OVERRIDABLE:
+            value = getattr(override, name)
+            values[name] = getattr(self, name) if value is None else value
+        return ResilienceValues(**values)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings with every secret replaced by a marker, for printing."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "overrides":
+                # Shown as the variables they are read from, unset ones included, like every other setting.
+                for service in SERVICES:
+                    override = self.overrides.get(service) or ServiceOverride()
+                    for key in OVERRIDABLE:
+                        out[override_variable(service, key)] = getattr(override, key)
+                continue
+            if name in SECRET_FIELDS:
+                value = None if value is None else "********"
+            elif name == "database_url" and value:
+                value = redact_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name.upper()] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL such as postgresql://user:pw@host/db."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands: show nothing of it
+        return "<unparseable>"
+
+
+def detect_instance_ip() -> str | None:
+    """The address this host uses for outbound traffic (no packet is sent), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            # connect() on UDP only picks a route; 192.0.2.1 is TEST-NET-1, never contacted.
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return None
