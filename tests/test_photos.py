@@ -590,6 +590,39 @@ def test_database_error_at_the_row_step_removes_the_object(
     assert stored_files(settings) == []
 
 
+def body_cut_after_the_file(then: bytes) -> list[bytes]:
+    """A streamed body whose file part is complete (the next delimiter arrived), cut after `then`."""
+    *whole, _closing = streamed_upload([png()], f"--{BOUNDARY}\r\n".encode() + then)
+    return whole
+
+
+def test_client_leaving_after_the_file_removes_the_stored_object(
+    client: FlaskClient, owner: dict[str, Any], settings: Settings
+) -> None:
+    stream = ChunkStream(body_cut_after_the_file(b"Content-Disposition: form-data"))
+    r = post_stream(client, owner["headers"], stream, content_length=None)
+    assert assert_problem(r, 400)["detail"] == "Malformed multipart body"
+    assert photo_count(client.application) == 0
+    assert stored_files(settings) == []
+
+
+class WorkerKilled(BaseException):
+    """Stands for what gevent's Timeout or a worker's shutdown raises into a request: not an Exception."""
+
+
+def test_base_exception_after_the_file_removes_the_stored_object(
+    client: FlaskClient, owner: dict[str, Any], settings: Settings
+) -> None:
+    def interrupted() -> Iterator[bytes]:
+        yield from body_cut_after_the_file(b"")
+        raise WorkerKilled
+
+    with pytest.raises(WorkerKilled):
+        post_stream(client, owner["headers"], ChunkStream(interrupted()), content_length=None)
+    assert photo_count(client.application) == 0
+    assert stored_files(settings) == []
+
+
 # --- list and read -----------------------------------------------------------------------------
 
 
