@@ -23,6 +23,7 @@ from werkzeug.wrappers import Request
 from photo_api import create_app
 from photo_api.config import Settings
 from photo_api.models import Album, AlbumPhoto, PendingObjectDeletion, Photo, PhotoStatus, utcnow
+from photo_api.storage import CHUNK_SIZE
 from tests.conftest import Users
 from tests.http_checks import assert_problem, engine_of, error_fields
 from tests.images import SAMPLES, gif, jpeg, large_jpeg_chunks, large_jpeg_size, png, upload, webp
@@ -495,6 +496,20 @@ def test_file_one_byte_over_the_limit_is_413(
     assert len(data) == SMALL_LIMIT + 1
     assert_problem(upload(small_client, small_owner["headers"], data), 413)
     assert stored_files(settings) == []
+
+
+def test_a_read_ending_inside_the_closing_delimiter_stores_the_file_exactly(
+    client: FlaskClient, owner: dict[str, Any]
+) -> None:
+    # The body is read 64 KiB at a time; here the first read ends between the two dashes that close it.
+    overhead = len(b"".join(streamed_upload([b""])))
+    data = png() + b"\0" * (CHUNK_SIZE + 3 - overhead - len(png()))
+    body = b"".join(streamed_upload([data]))
+    assert body[CHUNK_SIZE - 1 : CHUNK_SIZE + 1] == b"--" and body.endswith(b"--\r\n")
+    r = post_stream(client, owner["headers"], ChunkStream([body]), content_length=len(body))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["file_size"] == len(data)
+    assert client.get(r.get_json()["url"], headers=owner["headers"]).data == data
 
 
 def test_upload_memory_stays_far_below_the_file_size(
