@@ -46,7 +46,7 @@ def worker(sink: Sink, **overrides: float) -> BatchWorker[int]:
         batch_size=int(options["batch_size"]),
         flush_interval=options["flush_interval"],
     )
-    w.start()
+    w.start(green=False)
     return w
 
 

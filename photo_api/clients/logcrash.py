@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from ..greenlets import is_green
 from ..logs import ContextProvider
 from ..logs.logcrash import CapturedRecord, LogCrashFormat
 from ..logs.worker import DEFAULT_DRAIN_TIMEOUT_S, BatchWorker
@@ -183,7 +184,7 @@ class LogShipper(logging.Handler):
 
     def start(self) -> None:
         """Start the background worker (a greenlet under gevent, else a daemon thread); idempotent."""
-        self._worker.start()
+        self._worker.start(green=is_green())
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued now and wait for it, at most `timeout` seconds (logging.Handler's hook)."""

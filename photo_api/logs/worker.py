@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ..greenlets import is_green
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -117,11 +115,11 @@ class BatchWorker(Generic[T]):
             return False
         return True
 
-    def start(self) -> None:
-        """Start the background worker (a greenlet under gevent, else a daemon thread); idempotent."""
+    def start(self, *, green: bool) -> None:
+        """Start the background worker: a greenlet when `green` (gevent worker), else a daemon thread; idempotent."""
         if self._runner is not None:
             return
-        if is_green():
+        if green:
             import gevent
 
             self._runner = gevent.spawn(self._run)
