@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = development_defaults(settings if settings is not None else load_settings())
     # Readiness compares the database with the packaged migrations: an install without them must not start.
     migrate.expectation()
-    runtime = Runtime.build(settings)
+    runtime = Runtime.build(settings, log_context=api.log_context)
 
     app = Flask(__name__)
     app.config.update(

@@ -13,6 +13,7 @@ from . import metrics
 from .clients import CdnTokens, LogShipper, build_cdn_tokens, build_log_shipper
 from .config import Settings
 from .db import Database
+from .logs import ContextProvider
 from .resilience import Bulkhead, ConnectGate, LogEvents, Policies
 from .security import Passwords, Tokens
 from .storage import Storage, build_storage
@@ -31,8 +32,12 @@ class Runtime:
     log_shipper: LogShipper | None = None  # None: Log & Crash shipping off (built here, started by create_app)
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
-        """Wire the collaborators from plain values; nothing connects yet."""
+    def build(cls, settings: Settings, *, log_context: ContextProvider | None = None) -> Runtime:
+        """Wire the collaborators from plain values; nothing connects yet.
+
+        `log_context` gives the request's fields (request id, method, endpoint) to Log & Crash items,
+        as the stdout formatter adds them to every line.
+        """
         assert settings.jwt_secret_key is not None, "development_defaults() provides a dev secret"
         secret = settings.jwt_secret_key.get_secret_value()
         policies = Policies.from_settings(settings)
@@ -58,6 +63,7 @@ class Runtime:
             log_shipper=build_log_shipper(
                 settings,
                 policy=policies.log,
+                context=log_context,
                 events=metrics.ResilienceMetrics("log", inner=LogEvents()),
                 on_dropped=lambda _reason, n: metrics.log_dropped(n),
                 on_depth=metrics.log_queue_depth,

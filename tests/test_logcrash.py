@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import requests
 
+from photo_api import create_app
 from photo_api.clients import build_log_shipper
-from photo_api.clients.logcrash import TRUNCATED_MARK, LogShipper, custom_key, sanitise_version
-from photo_api.config import load_settings
+from photo_api.clients.logcrash import LogShipper
+from photo_api.config import Settings, load_settings
+from photo_api.logs.logcrash import TRUNCATED_MARK, custom_key, sanitise_version
 from photo_api.resilience import Policy, Resilient
 from tests import python_child
 from tests.doubles.logcrash import BAD_KEY_MESSAGE, BASIC_FIELDS, LogCollectorDouble
@@ -407,7 +409,7 @@ def test_under_gevent_the_worker_is_a_greenlet_and_emitting_never_waits(collecto
         emit_s = time.perf_counter() - t0
         ticker.join(2)
         t0 = time.perf_counter(); shipper.close(timeout=0.2); close_s = time.perf_counter() - t0
-        print(json.dumps({{"greenlet": isinstance(shipper._worker, gevent.Greenlet), "emit_s": emit_s,
+        print(json.dumps({{"greenlet": isinstance(shipper._worker.runner, gevent.Greenlet), "emit_s": emit_s,
                           "close_s": close_s, "ticks": len(ticks), "full": shipper.dropped_by_reason["queue_full"],
                           "dropped": shipper.dropped, "sent": shipper.sent}}))
         """
@@ -449,3 +451,26 @@ def test_shipper_from_settings(collector: LogCollectorDouble) -> None:
         shipper.close(timeout=0.5)
     item = collector.accepted[0]
     assert (item["projectVersion"], item["host"], item["request_id"]) == ("2.0.0_abc", "10.1.2.3", "r")
+
+
+def test_a_line_logged_during_a_request_carries_the_requests_fields(
+    collector: LogCollectorDouble, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(
+        nhn_log_appkey=APPKEY, nhn_log_url=f"{collector.server.url}/v2/log", log_level="INFO", log_flush_interval=0.05
+    )
+    app = create_app(settings)
+    runtime = app.extensions["photo_api"]
+    assert runtime.log_shipper is not None
+    try:
+        r = app.test_client().get("/auth/me", headers={"X-Request-ID": "req-lnc-1"})
+        assert r.status_code == 401
+        assert runtime.log_shipper.drain(5)
+    finally:
+        runtime.log_shipper.close(timeout=1)
+        runtime.db.dispose()
+
+    # The access line is logged by the request's own hook, as the stdout line is.
+    (access,) = [i for i in collector.accepted if i["body"] == "request"]
+    assert (access["request_id"], access["method"], access["endpoint"]) == ("req-lnc-1", "GET", "/auth/me")
+    assert access["status"] == "401"

@@ -23,6 +23,7 @@ from werkzeug.wrappers import Request
 from photo_api import create_app
 from photo_api.config import Settings
 from photo_api.models import Album, AlbumPhoto, PendingObjectDeletion, Photo, PhotoStatus, utcnow
+from photo_api.storage import CHUNK_SIZE
 from tests.conftest import Users
 from tests.http_checks import assert_problem, engine_of, error_fields
 from tests.images import SAMPLES, gif, jpeg, large_jpeg_chunks, large_jpeg_size, png, upload, webp
@@ -497,6 +498,20 @@ def test_file_one_byte_over_the_limit_is_413(
     assert stored_files(settings) == []
 
 
+def test_a_read_ending_inside_the_closing_delimiter_stores_the_file_exactly(
+    client: FlaskClient, owner: dict[str, Any]
+) -> None:
+    # The body is read 64 KiB at a time; here the first read ends between the two dashes that close it.
+    overhead = len(b"".join(streamed_upload([b""])))
+    data = png() + b"\0" * (CHUNK_SIZE + 3 - overhead - len(png()))
+    body = b"".join(streamed_upload([data]))
+    assert body[CHUNK_SIZE - 1 : CHUNK_SIZE + 1] == b"--" and body.endswith(b"--\r\n")
+    r = post_stream(client, owner["headers"], ChunkStream([body]), content_length=len(body))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["file_size"] == len(data)
+    assert client.get(r.get_json()["url"], headers=owner["headers"]).data == data
+
+
 def test_upload_memory_stays_far_below_the_file_size(
     client: FlaskClient, owner: dict[str, Any], settings: Settings
 ) -> None:
@@ -586,6 +601,39 @@ def test_database_error_at_the_row_step_removes_the_object(
     r = upload(client, owner["headers"], png())
     body = assert_problem(r, 500)
     assert "refused" not in body["detail"]
+    assert photo_count(client.application) == 0
+    assert stored_files(settings) == []
+
+
+def body_cut_after_the_file(then: bytes) -> list[bytes]:
+    """A streamed body whose file part is complete (the next delimiter arrived), cut after `then`."""
+    *whole, _closing = streamed_upload([png()], f"--{BOUNDARY}\r\n".encode() + then)
+    return whole
+
+
+def test_client_leaving_after_the_file_removes_the_stored_object(
+    client: FlaskClient, owner: dict[str, Any], settings: Settings
+) -> None:
+    stream = ChunkStream(body_cut_after_the_file(b"Content-Disposition: form-data"))
+    r = post_stream(client, owner["headers"], stream, content_length=None)
+    assert assert_problem(r, 400)["detail"] == "Malformed multipart body"
+    assert photo_count(client.application) == 0
+    assert stored_files(settings) == []
+
+
+class WorkerKilled(BaseException):
+    """Stands for what gevent's Timeout or a worker's shutdown raises into a request: not an Exception."""
+
+
+def test_base_exception_after_the_file_removes_the_stored_object(
+    client: FlaskClient, owner: dict[str, Any], settings: Settings
+) -> None:
+    def interrupted() -> Iterator[bytes]:
+        yield from body_cut_after_the_file(b"")
+        raise WorkerKilled
+
+    with pytest.raises(WorkerKilled):
+        post_stream(client, owner["headers"], ChunkStream(interrupted()), content_length=None)
     assert photo_count(client.application) == 0
     assert stored_files(settings) == []
 

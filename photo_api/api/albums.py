@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..models import Album, Photo
 from ..services import albums
+from ..services.fields import Description
 from .common import auth_required, current_user, db_session, json_body, query_args, respond
 from .openapi import doc
-from .schemas import AlbumOut, AlbumWithPhotosOut, Description, Pagination, PhotoOut, Request
+from .schemas import AlbumOut, AlbumWithPhotosOut, Pagination, PhotoOut, Request
 
 bp = Blueprint("albums", __name__, url_prefix="/albums")
 

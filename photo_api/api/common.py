@@ -16,6 +16,7 @@ from ..models import User
 from ..runtime import Runtime
 from ..security import InvalidToken
 from ..services import users
+from ..services.fields import validation_errors
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,19 +44,6 @@ def close_db_session(_exc: BaseException | None = None) -> None:
     session: Session | None = g.pop("db_session", None)
     if session is not None:
         session.close()
-
-
-def validation_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
-    """Translate pydantic errors into the contract's `errors` list (one entry per failing field)."""
-    out = []
-    for err in exc.errors(include_url=False):
-        loc = [str(p) for p in err["loc"]]
-        field = ".".join(loc) if loc else (prefix or "body")
-        message = str(err["msg"])
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        out.append(FieldError(field, message))
-    return out
 
 
 def json_body(model: type[M]) -> M:

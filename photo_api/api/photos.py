@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import IO, Any
+from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Response, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.sansio.multipart import Data, Epilogue, Event, File, MultipartDecoder, NeedData, Preamble
-from werkzeug.sansio.multipart import Field as FormField
+from pydantic import BaseModel, ConfigDict
 
 from .. import metrics
-from ..errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
+from ..errors import PayloadTooLarge
 from ..images import ALLOWED_IMAGE_TYPES
 from ..services import photos
-from ..storage import CHUNK_SIZE, StoredObject
-from .common import auth_required, current_user, db_session, json_body, query_args, respond, runtime, validation_errors
+from ..services.fields import Description, Title
+from . import multipart
+from .common import auth_required, current_user, db_session, json_body, query_args, respond, runtime
 from .delivery import deliver_image
 from .openapi import doc
-from .schemas import Description, Pagination, PhotoOut, Title
+from .schemas import Pagination, PhotoOut
 
 bp = Blueprint("photos", __name__, url_prefix="/photos")
 
 # Room for what surrounds the file in a multipart body: boundaries, part headers and the text fields
 # (a 10,000-character description is up to 40,000 bytes of UTF-8).
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-# A text field longer than this cannot be valid: stop buffering it instead of holding a hostile body.
-MAX_FIELD_BYTES = 48 * 1024
-# What the decoder may hold while looking for a boundary or the end of a part's headers; file data
-# passes through in chunks, so only a preamble or a header block that never ends could reach this.
-MAX_DECODER_BUFFER_BYTES = 4 * CHUNK_SIZE
 # file, album_id, title, description, and a few unknown fields a client may add (they are skipped).
 MAX_PARTS = 16
-# RFC 2046 allows 70 characters, but real clients (werkzeug's test client among them) sometimes send a
-# few more; the cap only keeps the decoder's boundary search cheap.
-MAX_BOUNDARY_LENGTH = 200
 
 UPLOAD_DESCRIPTION = (
     "A `multipart/form-data` body whose `file` part is streamed to storage, never held in memory. "
@@ -67,16 +57,6 @@ UPLOAD_BODY: dict[str, Any] = {
 IMAGE_RESPONSE: dict[str, Any] = {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}
 
 
-class PhotoUploadForm(BaseModel):
-    """The text fields of an upload; multipart values arrive as strings, hence lax validation."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    album_id: int | None = Field(default=None, ge=1, le=photos.MAX_ID)
-    title: Title | None = None
-    description: Description | None = None
-
-
 class PhotoUpdateIn(BaseModel):
     """PATCH body: only the fields present change, `null` clears one, any other field is refused."""
 
@@ -84,177 +64,6 @@ class PhotoUpdateIn(BaseModel):
 
     title: Title | None = None
     description: Description | None = None
-
-
-class _MultipartReader:
-    """Multipart events pulled off the request stream, which is read a chunk at a time as they are needed."""
-
-    def __init__(self, stream: IO[bytes], boundary: bytes) -> None:
-        self._stream = stream
-        self._decoder = MultipartDecoder(boundary, MAX_DECODER_BUFFER_BYTES, max_parts=MAX_PARTS)
-
-    def next_event(self) -> Event:
-        """The next event, reading more of the body as needed; never NeedData."""
-        while True:
-            try:
-                event = self._decoder.next_event()
-            except (ValueError, RequestEntityTooLarge):  # garbled framing, or more parts than a form has
-                raise BadRequest("Malformed multipart body") from None
-            if not isinstance(event, NeedData):
-                return event
-            try:
-                chunk = self._stream.read(CHUNK_SIZE)
-            except RequestEntityTooLarge:  # past request.max_content_length while streaming
-                raise PayloadTooLarge("The request body is too large") from None
-            try:
-                # An empty read is the end of the body; the decoder then raises if it is incomplete.
-                self._decoder.receive_data(chunk or None)
-            except RequestEntityTooLarge:  # a preamble or header block that never ends
-                raise BadRequest("Malformed multipart body") from None
-
-
-class _PartBody:
-    """The data of the current part as a file-like `read(n)`, pulled from the reader on demand."""
-
-    def __init__(self, reader: _MultipartReader) -> None:
-        self._reader = reader
-        self._chunk = b""
-        self._pos = 0
-        self._done = False
-
-    def read(self, size: int = -1, /) -> bytes:
-        """Up to `size` bytes of the part (all of the rest for a negative size); b"" at its end."""
-        if size < 0:
-            return b"".join(iter(lambda: self.read(CHUNK_SIZE), b""))
-        if size == 0:
-            return b""
-        while self._pos >= len(self._chunk):
-            if self._done:
-                return b""
-            event = self._reader.next_event()
-            if not isinstance(event, Data):
-                raise BadRequest("Malformed multipart body")
-            self._chunk, self._pos, self._done = event.data, 0, not event.more_data
-        out = self._chunk[self._pos : self._pos + size]
-        self._pos += len(out)
-        return out
-
-    def drain(self) -> None:
-        """Skip whatever is left of the part."""
-        while self.read(CHUNK_SIZE):
-            pass
-
-
-@dataclass
-class _Upload:
-    """What a multipart upload body held."""
-
-    image: StoredObject | None = None
-    filename: str | None = None
-    fields: dict[str, str] = field(default_factory=dict)
-    errors: list[FieldError] = field(default_factory=list)
-    seen_file: bool = False
-    form: PhotoUploadForm = field(default_factory=PhotoUploadForm)
-
-
-def _validate_form(fields: dict[str, str]) -> tuple[PhotoUploadForm | None, list[FieldError]]:
-    # HTML forms send every input, the empty ones included: an empty value means "not given".
-    given = {name: value for name, value in fields.items() if value != ""}
-    try:
-        return PhotoUploadForm.model_validate(given), []
-    except ValidationError as exc:
-        return None, validation_errors(exc)
-
-
-def _read_field(body: _PartBody) -> str | None:
-    """A text part's value, or None when it is too long to be valid or not UTF-8."""
-    data = b""
-    while chunk := body.read(CHUNK_SIZE):
-        data += chunk
-        if len(data) > MAX_FIELD_BYTES:
-            body.drain()
-            return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _multipart_boundary() -> bytes:
-    if request.mimetype != "multipart/form-data":
-        raise BadRequest("Content-Type must be multipart/form-data")
-    boundary = request.mimetype_params.get("boundary", "")
-    if not 0 < len(boundary) <= MAX_BOUNDARY_LENGTH or not boundary.isascii():
-        raise BadRequest(f"multipart/form-data needs a boundary of 1 to {MAX_BOUNDARY_LENGTH} ASCII characters")
-    return boundary.encode("ascii")
-
-
-def _receive_upload(owner_id: int) -> _Upload:
-    """Parse the body part by part, streaming the file to storage as it arrives.
-
-    Fields may come before or after the file. When the fields before the file are already invalid,
-    the file is skipped rather than stored, and parsing goes on so that every failing field is named.
-    If anything fails once the file is stored, the object is deleted again.
-    """
-    rt = runtime()
-    boundary = _multipart_boundary()
-    limit = rt.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The upload is larger than the limit of {rt.settings.max_upload_bytes} bytes")
-    # The app-wide limit is the small JSON one; werkzeug enforces this one while the stream is read.
-    request.max_content_length = limit
-    reader = _MultipartReader(request.stream, boundary)
-    upload = _Upload()
-    try:
-        while not isinstance(event := reader.next_event(), Epilogue):
-            if isinstance(event, Preamble):
-                continue
-            assert isinstance(event, FormField | File), event  # Data is consumed part by part below
-            body = _PartBody(reader)
-            if not event.name:
-                body.drain()  # a part without a name is no form field
-            elif event.name == photos.FILE_FIELD:
-                _receive_file(upload, body, owner_id, event, rt.settings.max_upload_bytes)
-            elif isinstance(event, File) or event.name not in PhotoUploadForm.model_fields:
-                body.drain()  # unknown fields are ignored, and so are files under another name
-            elif event.name in upload.fields:
-                upload.errors.append(FieldError(event.name, "given more than once"))
-                body.drain()
-            else:
-                value = _read_field(body)
-                if value is None:
-                    upload.errors.append(FieldError(event.name, "too long or not UTF-8 text"))
-                else:
-                    upload.fields[event.name] = value
-        if not upload.seen_file:
-            upload.errors.insert(0, FieldError(photos.FILE_FIELD, "a file is required"))
-        form, form_errors = _validate_form(upload.fields)
-        if form is None or upload.errors:
-            raise ValidationFailed(upload.errors + form_errors)
-        upload.form = form
-    except BaseException:
-        if upload.image is not None:
-            photos.discard_image(db_session(), rt.storage, upload.image.key)
-        raise
-    return upload
-
-
-def _receive_file(upload: _Upload, body: _PartBody, owner_id: int, event: FormField | File, max_bytes: int) -> None:
-    if upload.seen_file:
-        upload.errors.append(FieldError(photos.FILE_FIELD, "only one file per upload"))
-        body.drain()
-        return
-    upload.seen_file = True
-    # A `file` sent without a filename (curl -F 'file=<x.jpg') is still the file.
-    upload.filename = event.filename if isinstance(event, File) else None
-    if upload.errors or _validate_form(upload.fields)[1]:
-        body.drain()  # the upload is refused anyway: do not store what would be deleted again
-        return
-    try:
-        upload.image = photos.store_image(runtime().storage, owner_id=owner_id, stream=body, max_bytes=max_bytes)
-    except ValidationFailed as exc:  # an empty file: keep parsing, to report the other fields too
-        upload.errors.extend(exc.errors)
-        body.drain()
 
 
 @bp.post("")
@@ -272,22 +81,24 @@ def upload_photo() -> Response:
     # A slow client may take minutes to send the body: hand the DB connection back to the pool meanwhile
     # (it would also hit PostgreSQL's idle-in-transaction timeout); the row step takes a fresh one.
     db_session().close()
+    max_bytes = runtime().settings.max_upload_bytes
     with metrics.upload_attempt("multipart") as attempt:
-        upload = _receive_upload(owner_id)
-        assert upload.image is not None  # _receive_upload raises unless a file was stored
-        form = upload.form
-        photo = photos.create_photo(
-            db_session(),
-            runtime().storage,
-            owner_id=owner_id,
-            image=upload.image,
-            client_filename=upload.filename,
-            title=form.title,
-            description=form.description,
-            album_id=form.album_id,
+        photo = photos.upload_photo(
+            db_session(), runtime().storage, owner_id=owner_id, parts=_upload_parts(max_bytes), max_bytes=max_bytes
         )
         attempt.stored(photo.file_size)
     return respond(PhotoOut.model_validate(photo), 201)
+
+
+def _upload_parts(max_upload_bytes: int) -> Iterator[multipart.Part]:
+    """The parts of this request's multipart body, read as they are consumed, within the upload's size limit."""
+    boundary = multipart.form_boundary(request.content_type)
+    limit = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The upload is larger than the limit of {max_upload_bytes} bytes")
+    # The app-wide limit is the small JSON one; werkzeug enforces this one while the stream is read.
+    request.max_content_length = limit
+    return multipart.iter_parts(request.stream, boundary, max_parts=MAX_PARTS)
 
 
 @bp.get("")

@@ -121,12 +121,6 @@ class LivenessOut(BaseModel):
     version: str
 
 
-# PostgreSQL cannot store a NUL character in text (the driver raises, which was a 500): reject it as a 422.
-_NO_NUL = r"^[^\x00]*$"
-Title = Annotated[str, StringConstraints(max_length=255, pattern=_NO_NUL)]
-Description = Annotated[str, StringConstraints(max_length=10_000, pattern=_NO_NUL)]
-
-
 class PhotoOut(Response):
     id: int
     owner_id: int

@@ -12,9 +12,10 @@ from .. import metrics
 from ..errors import Unauthorized
 from ..images import ALLOWED_IMAGE_TYPES
 from ..services import uploads
+from ..services.fields import Description, Title
 from .common import auth_required, current_user, db_session, json_body, public_base_url, respond, runtime
 from .openapi import doc
-from .schemas import Description, PhotoOut, Request, Title
+from .schemas import PhotoOut, Request
 
 bp = Blueprint("uploads", __name__)
 

@@ -1,12 +1,14 @@
-"""Photos: streamed upload (object first, then the row), list, read, edit and delete."""
+"""Photos: the multipart upload rule (object first, then the row, else no object), list, read, edit and delete."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -14,8 +16,9 @@ from sqlalchemy.orm.exc import StaleDataError
 from ..errors import FieldError, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from ..images import ALLOWED_IMAGE_TYPES, SNIFF_BYTES, new_object_key, sanitize_filename, sniff_image_type
 from ..models import Album, AlbumPhoto, Photo, PhotoStatus
-from ..storage import ObjectNotFound, ObjectTooLarge, Storage, StoredObject
+from ..storage import CHUNK_SIZE, ObjectNotFound, ObjectTooLarge, Storage, StoredObject
 from . import deletions
+from .fields import Description, Title, validation_errors
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,128 @@ EDITABLE_FIELDS = frozenset({"title", "description"})
 PHOTO_NOT_FOUND = "Photo not found"
 ALBUM_NOT_FOUND = "Album not found"
 FILE_FIELD = "file"
+# A text field longer than this cannot be valid: stop buffering it instead of holding a hostile body
+# (a 10,000-character description is up to 40,000 bytes of UTF-8).
+MAX_FIELD_BYTES = 48 * 1024
 
 
 class Readable(Protocol):
     """The one method an upload stream needs."""
 
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+class FormPart(Readable, Protocol):
+    """One part of a multipart upload body, as the API's parser yields them, in order.
+
+    A part can be read until the next one is asked for; whatever was not read of it is then skipped.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def filename(self) -> str | None:
+        """The part's file name; None for a plain text field."""
+
+
+class PhotoUploadForm(BaseModel):
+    """The text fields of an upload; multipart values arrive as strings, hence lax validation."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    album_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    title: Title | None = None
+    description: Description | None = None
+
+
+@dataclass
+class _Upload:
+    """What the parts of an upload held so far."""
+
+    image: StoredObject | None = None
+    filename: str | None = None
+    seen_file: bool = False
+    fields: dict[str, str] = field(default_factory=dict)
+    errors: list[FieldError] = field(default_factory=list)
+
+
+def upload_photo(
+    session: Session, storage: Storage, *, owner_id: int, parts: Iterable[FormPart], max_bytes: int
+) -> Photo:
+    """Store the file of a multipart upload and record it as the owner's ready photo (in its `album_id`, if any).
+
+    The file is streamed to storage as its part arrives, its type decided by its first bytes (415
+    unless an allowed image; 413 past `max_bytes`; 422 when empty). Fields may come before or after
+    the file; an empty text field counts as absent (HTML forms send every input); a field given twice
+    or a second file is 422; unknown fields are ignored. When the fields before the file already
+    fail, the file is skipped rather than stored, and parsing goes on so that every failing field is
+    named. Once the file is stored, anything that fails (a field after it, the album check, the
+    database, the client leaving mid-body) deletes it again: a refused upload leaves nothing behind.
+    """
+    upload = _Upload()
+    try:
+        for part in parts:
+            if part.name == FILE_FIELD:
+                _receive_file(upload, part, storage, owner_id=owner_id, max_bytes=max_bytes)
+            elif part.filename is not None or part.name not in PhotoUploadForm.model_fields:
+                continue  # unknown fields are ignored, and so are files under another name
+            elif part.name in upload.fields:
+                upload.errors.append(FieldError(part.name, "given more than once"))
+            else:
+                value = _read_text(part)
+                if value is None:
+                    upload.errors.append(FieldError(part.name, "too long or not UTF-8 text"))
+                else:
+                    upload.fields[part.name] = value
+        if not upload.seen_file:
+            upload.errors.insert(0, FieldError(FILE_FIELD, "a file is required"))
+        form, form_errors = _validate_form(upload.fields)
+        if form is None or upload.errors:
+            raise ValidationFailed(upload.errors + form_errors)
+        assert upload.image is not None  # a file was seen without errors, so it was stored
+        return _insert_photo(session, owner_id=owner_id, image=upload.image, client_filename=upload.filename, form=form)
+    except BaseException:
+        if upload.image is not None:
+            _discard_image(session, storage, upload.image.key)
+        raise
+
+
+def _receive_file(upload: _Upload, part: FormPart, storage: Storage, *, owner_id: int, max_bytes: int) -> None:
+    if upload.seen_file:
+        upload.errors.append(FieldError(FILE_FIELD, "only one file per upload"))
+        return
+    upload.seen_file = True
+    # A `file` sent without a filename (curl -F 'file=<x.jpg') is still the file.
+    upload.filename = part.filename
+    if upload.errors or _validate_form(upload.fields)[1]:
+        return  # the upload is refused anyway: do not store what would be deleted again
+    try:
+        upload.image = _store_image(storage, owner_id=owner_id, stream=part, max_bytes=max_bytes)
+    except ValidationFailed as exc:  # an empty file: keep parsing, to report the other fields too
+        upload.errors.extend(exc.errors)
+
+
+def _validate_form(fields: dict[str, str]) -> tuple[PhotoUploadForm | None, list[FieldError]]:
+    # HTML forms send every input, the empty ones included: an empty value means "not given".
+    given = {name: value for name, value in fields.items() if value != ""}
+    try:
+        return PhotoUploadForm.model_validate(given), []
+    except ValidationError as exc:
+        return None, validation_errors(exc)
+
+
+def _read_text(part: Readable) -> str | None:
+    """A text part's value, or None when it is too long to be valid or not UTF-8."""
+    data = b""
+    while chunk := part.read(CHUNK_SIZE):
+        data += chunk
+        if len(data) > MAX_FIELD_BYTES:
+            return None  # the rest of the part is skipped with it
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class _Prepended:
@@ -61,7 +180,7 @@ def _read_head(stream: Readable, size: int) -> bytes:
     return head
 
 
-def store_image(storage: Storage, *, owner_id: int, stream: Readable, max_bytes: int) -> StoredObject:
+def _store_image(storage: Storage, *, owner_id: int, stream: Readable, max_bytes: int) -> StoredObject:
     """Stream an upload to storage under a fresh key once its first bytes prove an allowed image type.
 
     Nothing is stored when the file is empty (422), not an allowed image (415, whatever the client
@@ -81,53 +200,38 @@ def store_image(storage: Storage, *, owner_id: int, stream: Readable, max_bytes:
         raise PayloadTooLarge(f"The file is larger than {max_bytes} bytes") from None
 
 
-def create_photo(
-    session: Session,
-    storage: Storage,
-    *,
-    owner_id: int,
-    image: StoredObject,
-    client_filename: str | None,
-    title: str | None,
-    description: str | None,
-    album_id: int | None,
+def _insert_photo(
+    session: Session, *, owner_id: int, image: StoredObject, client_filename: str | None, form: PhotoUploadForm
 ) -> Photo:
-    """Record a stored image as the owner's ready photo, in `album_id` when given, and commit.
-
-    Takes over the stored object: if the row step fails (an album that is not the owner's, a DB
-    error), the object is deleted again, so a refused upload leaves nothing behind.
-    """
-    try:
-        if album_id is not None:
-            # FOR KEY SHARE: the album cannot be deleted between this check and our commit (PostgreSQL).
-            owned = session.scalar(
-                select(Album.id).where(Album.id == album_id, Album.owner_id == owner_id).with_for_update(key_share=True)
-            )
-            if owned is None:
-                raise NotFound(ALBUM_NOT_FOUND)
-        photo = Photo(
-            owner_id=owner_id,
-            filename=image.key,
-            original_filename=sanitize_filename(client_filename),
-            content_type=image.content_type,
-            file_size=image.size,
-            checksum=image.etag,
-            title=title,
-            description=description,
-            status=PhotoStatus.READY,
+    """Record a stored image as the owner's ready photo, in the form's album when given, and commit."""
+    album_id = form.album_id
+    if album_id is not None:
+        # FOR KEY SHARE: the album cannot be deleted between this check and our commit (PostgreSQL).
+        owned = session.scalar(
+            select(Album.id).where(Album.id == album_id, Album.owner_id == owner_id).with_for_update(key_share=True)
         )
-        session.add(photo)
-        if album_id is not None:
-            session.flush()  # the photo's id, for the membership
-            session.add(AlbumPhoto(album_id=album_id, photo_id=photo.id))
-        session.commit()
-    except BaseException:
-        discard_image(session, storage, image.key)
-        raise
+        if owned is None:
+            raise NotFound(ALBUM_NOT_FOUND)
+    photo = Photo(
+        owner_id=owner_id,
+        filename=image.key,
+        original_filename=sanitize_filename(client_filename),
+        content_type=image.content_type,
+        file_size=image.size,
+        checksum=image.etag,
+        title=form.title,
+        description=form.description,
+        status=PhotoStatus.READY,
+    )
+    session.add(photo)
+    if album_id is not None:
+        session.flush()  # the photo's id, for the membership
+        session.add(AlbumPhoto(album_id=album_id, photo_id=photo.id))
+    session.commit()
     return photo
 
 
-def discard_image(session: Session, storage: Storage, key: str) -> None:
+def _discard_image(session: Session, storage: Storage, key: str) -> None:
     """Delete the object of an upload that was refused after it was stored; never raises.
 
     Rolls back first (the failure may have left the session mid-transaction); a failed delete is

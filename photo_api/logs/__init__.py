@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line on stdout, with the request's context on every line."""
+"""Structured logs: one JSON object per line on stdout, with the request's context on every line.
+
+Beside it, for NHN Cloud Log & Crash Search: `logcrash` (the item a record becomes, secrets removed)
+and `worker` (the bounded queue drained in the background); the transport is `clients.logcrash`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is emitted as a field.
-_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 # Never emitted, whatever a caller passes in `extra=`.
 FORBIDDEN_FIELDS = frozenset({"password", "password_hash", "token", "access_token", "authorization", "secret"})
 ContextProvider = Callable[[], dict[str, Any]]
@@ -36,7 +40,7 @@ class JsonFormatter(logging.Formatter):
         if self.context is not None:
             out.update(self.context())
         for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRS and key not in FORBIDDEN_FIELDS and not key.startswith("_"):
+            if key not in RECORD_ATTRS and key not in FORBIDDEN_FIELDS and not key.startswith("_"):
                 out[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             out["exception"] = "".join(traceback.format_exception(*record.exc_info))
