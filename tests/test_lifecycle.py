@@ -16,14 +16,9 @@ from photo_api.config import ConfigError, Settings, load_settings
 from photo_api.db import ConnectGate, Database
 from photo_api.health import HEALTHY, DatabaseProbe
 from photo_api.lifecycle import ShutdownHooks
-from tests.conftest import TEST_SECRET
+from tests.harness.env import production_env
 
-PRODUCTION = {
-    "ENVIRONMENT": "production",
-    "DATABASE_URL": "postgresql://photo_api@db.example:5432/photo_api",
-    "JWT_SECRET_KEY": TEST_SECRET,
-    "LOCAL_STORAGE_DIR": "/srv/photos",
-}
+PRODUCTION = production_env("postgresql://photo_api@db.example:5432/photo_api", "/srv/photos")
 RETRY_S = 0.05
 
 
