@@ -38,7 +38,8 @@ def echo() -> Iterator[tuple[str, int]]:
     server = _EchoServer(("127.0.0.1", 0), _Echo)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[:2]
+    host, port = server.server_address[:2]
+    yield str(host), int(port)
     server.shutdown()
     server.server_close()
 
