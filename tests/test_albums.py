@@ -15,7 +15,7 @@ from sqlalchemy import Executable, event, func, select
 from werkzeug.test import TestResponse
 
 from photo_api.models import AlbumPhoto, Photo, PhotoStatus, ShareLink
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.http_checks import assert_problem, engine_of, error_fields
 from tests.images import png
 

@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request
 
 from photo_api import create_app
 from photo_api.config import Settings
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.http_checks import assert_problem, count_users, error_fields
 
 GOOD = {"email": "ann@example.com", "username": "ann", "password": "correct horse battery"}

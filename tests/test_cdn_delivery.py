@@ -17,8 +17,8 @@ from flask.testing import FlaskClient
 
 from photo_api import create_app, metrics
 from photo_api.config import Settings
-from tests.conftest import Users
 from tests.doubles.nhn_cdn import CdnApiDouble, CdnEdgeDouble
+from tests.harness.users import Users
 from tests.images import png
 from tests.metrics.conftest import parse
 

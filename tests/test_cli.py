@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from photo_api import migrate
-from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for
-from tests.e2e.server import clean_environment, console_script
+from tests.harness.databases import pg_database
+from tests.harness.env import TEST_SECRET, production_env
+from tests.harness.server import clean_environment, console_script
 from tests.test_migrations import FUTURE_REVISION, newer_release_migrated
 
 CLI_TIMEOUT_S = 60
@@ -36,18 +37,8 @@ def run(command: str, *args: str, env: Mapping[str, str] | None = None, cwd: Pat
 @pytest.fixture
 def fresh_pg_url() -> Iterator[str]:
     """An empty PostgreSQL database (no migration applied yet)."""
-    name = create_pg_database("photo_api_cli")
-    yield pg_url_for(name)
-    drop_pg_database(name)
-
-
-def production_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        "ENVIRONMENT": "production",
-        "DATABASE_URL": database_url,
-        "JWT_SECRET_KEY": TEST_SECRET,
-        "LOCAL_STORAGE_DIR": str(tmp_path / "storage"),
-    }
+    with pg_database("photo_api_cli", migrated=False) as url:
+        yield url
 
 
 def test_check_config_prints_settings_with_secrets_redacted(tmp_path: Path) -> None:
@@ -105,7 +96,7 @@ def test_check_config_lists_every_problem(tmp_path: Path) -> None:
 
 
 def test_db_upgrade_then_current_is_at_head(fresh_pg_url: str, tmp_path: Path) -> None:
-    env = production_env(fresh_pg_url, tmp_path)
+    env = production_env(fresh_pg_url, tmp_path / "storage")
     head = migrate.head()
     before = run("photo-api", "db", "current", env=env, cwd=tmp_path)
     assert before.returncode == 1, before.stderr
@@ -120,7 +111,7 @@ def test_db_upgrade_then_current_is_at_head(fresh_pg_url: str, tmp_path: Path) -
 
 
 def test_db_upgrade_twice_is_harmless(fresh_pg_url: str, tmp_path: Path) -> None:
-    env = production_env(fresh_pg_url, tmp_path)
+    env = production_env(fresh_pg_url, tmp_path / "storage")
     head = migrate.head()
     for _ in range(2):
         result = run("photo-api", "db", "upgrade", env=env, cwd=tmp_path)
@@ -130,7 +121,7 @@ def test_db_upgrade_twice_is_harmless(fresh_pg_url: str, tmp_path: Path) -> None
 
 
 def test_db_upgrade_refuses_a_database_of_a_newer_release(fresh_pg_url: str, tmp_path: Path) -> None:
-    env = production_env(fresh_pg_url, tmp_path)
+    env = production_env(fresh_pg_url, tmp_path / "storage")
     assert run("photo-api", "db", "upgrade", env=env, cwd=tmp_path).returncode == 0
     head, epoch = migrate.head(), migrate.expectation().head_epoch
     newer_release_migrated(fresh_pg_url, epoch=epoch)
@@ -154,7 +145,7 @@ def test_db_upgrade_refuses_a_database_of_a_newer_release(fresh_pg_url: str, tmp
 
 
 def test_db_current_says_an_older_revision_needs_upgrade(fresh_pg_url: str, tmp_path: Path) -> None:
-    env = production_env(fresh_pg_url, tmp_path)
+    env = production_env(fresh_pg_url, tmp_path / "storage")
     assert run("photo-api", "db", "upgrade", "0001", env=env, cwd=tmp_path).returncode == 0
     current = run("photo-api", "db", "current", env=env, cwd=tmp_path)
     assert (current.returncode, current.stdout.strip()) == (1, f"0001 (head: {migrate.head()}) needs upgrade")

@@ -17,7 +17,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from photo_api.api.delivery import content_disposition
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.images import png, upload
 from tests.test_presigned import confirm, presign, put
 

@@ -17,7 +17,7 @@ from photo_api import create_app
 from photo_api.config import Settings
 from photo_api.models import User
 from photo_api.security import Tokens
-from tests.conftest import DEFAULT_PASSWORD, Users
+from tests.harness.users import DEFAULT_PASSWORD, Users
 from tests.http_checks import assert_problem, engine_of
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

@@ -22,7 +22,7 @@ from werkzeug.test import TestResponse
 
 from photo_api import create_app, lifecycle, migrate
 from photo_api.config import Settings
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.http_checks import assert_problem
 
 HEALTH_KEYS = {"status", "timestamp", "instance", "version", "checks"}

@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from photo_api.config import Settings
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.http_checks import assert_problem
 from tests.images import png, upload
 

@@ -20,15 +20,11 @@ from photo_api.db import Database
 from photo_api.health import HEALTHY, DatabaseProbe
 from photo_api.lifecycle import ShutdownHooks
 from photo_api.resilience import ConnectGate
-from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for
-from tests.e2e.dbproxy import DbProxy
+from tests.harness.databases import pg_database
+from tests.harness.env import TEST_SECRET, production_env
+from tests.harness.faultproxy import Fault, FaultProxy
 
-PRODUCTION = {
-    "ENVIRONMENT": "production",
-    "DATABASE_URL": "postgresql://photo_api@db.example:5432/photo_api",
-    "JWT_SECRET_KEY": TEST_SECRET,
-    "LOCAL_STORAGE_DIR": "/srv/photos",
-}
+PRODUCTION = production_env("postgresql://photo_api@db.example:5432/photo_api", "/srv/photos")
 # The gate's background retry interval: tiny, so that its real retries take milliseconds.
 RETRY_S = 0.005
 
@@ -165,28 +161,25 @@ def test_gate_stops_retrying_once_closed() -> None:
 
 def test_gate_in_front_of_a_real_postgresql() -> None:
     # The engine's connects go through the gate: refused ones close it, a real reconnect opens it.
-    name = create_pg_database("photo_api_gate")
-    upstream = make_url(pg_url_for(name))
-    try:
-        with DbProxy((upstream.host or "127.0.0.1", upstream.port or 5432)) as proxy:
+    with pg_database("photo_api_gate", migrated=False) as database_url:
+        upstream = make_url(database_url)
+        with FaultProxy((upstream.host or "127.0.0.1", upstream.port or 5432)) as proxy:
             url = upstream.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
             gate = ConnectGate(retry_interval=RETRY_S)
             db = Database(load_settings(environ={}, database_url=url, jwt_secret_key=TEST_SECRET), gate)
             try:
                 assert db.ping(2, lambda conn: conn.execute(text("SELECT 1")).scalar())[1] == 1
-                proxy.set_mode("refuse")
+                proxy.set(Fault.refuse())
                 with pytest.raises(OperationalError):
                     db.ping(2, lambda conn: None)  # the pooled connection is gone, its reconnect refused
                 assert not gate.is_open
                 with pytest.raises(OperationalError, match="database unreachable"):
                     db.ping(2, lambda conn: None)  # no connect attempted at all
-                proxy.set_mode("up")
+                proxy.pass_through()
                 wait_until(lambda: gate.is_open)  # the background retry reached PostgreSQL again
                 assert db.ping(2, lambda conn: conn.execute(text("SELECT 1")).scalar())[1] == 1
             finally:
                 db.dispose()
-    finally:
-        drop_pg_database(name)
 
 
 def test_gate_ignores_a_killed_caller() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from photo_api.config import Settings, load_settings
-from tests.e2e.server import clean_environment, console_script
+from tests.harness.server import clean_environment, console_script
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
 ENV_EXAMPLE = OPS / "photo-api.env.example"

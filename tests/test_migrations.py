@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, inspect, text
 from photo_api import create_app, migrate
 from photo_api.db import driver_url
 from photo_api.models import Base
-from tests.conftest import BACKENDS, create_pg_database, drop_pg_database, pg_url_for
+from tests.harness.databases import BACKENDS, pg_database, sqlite_url
 
 FUTURE_REVISION = "9999_from_a_newer_release"
 
@@ -28,11 +28,10 @@ FUTURE_REVISION = "9999_from_a_newer_release"
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database (no table at all) of this test alone."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        yield sqlite_url(tmp_path / "empty.db")
         return
-    name = create_pg_database("photo_api_migrations")
-    yield pg_url_for(name)
-    drop_pg_database(name)
+    with pg_database("photo_api_migrations", migrated=False) as url:
+        yield url
 
 
 def execute(url: str, *statements: str) -> None:

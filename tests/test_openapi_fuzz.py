@@ -58,7 +58,7 @@ from schemathesis.engine import Status, events, from_schema
 from schemathesis.schemas import BaseSchema
 
 from photo_api.images import ALLOWED_IMAGE_TYPES
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.images import png, upload
 
 FUZZ_SEED = 20240611

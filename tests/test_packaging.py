@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,11 @@ from sqlalchemy import create_engine, inspect
 from photo_api.db import driver_url
 from photo_api.models import Base
 from tests import REPO
-from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for
-from tests.e2e.server import ServeProcess, clean_environment
+from tests.harness.ci import unavailable
+from tests.harness.databases import pg_database
+from tests.harness.env import production_env
+from tests.harness.server import ServeProcess, clean_environment
+from tests.harness.users import Users
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,7 @@ HTTP_TIMEOUT_S = 10
 def repository_files() -> list[str]:
     """The files of the checkout as a clean clone has them (plus new files not yet committed)."""
     if not (REPO / ".git").exists():
-        pytest.fail("the packaging tests build from a git checkout") if _in_ci() else pytest.skip("not a git checkout")
+        unavailable("the packaging tests build from a git checkout, and this is not one")
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=REPO,
@@ -45,12 +47,6 @@ def repository_files() -> list[str]:
         check=True,
     )
     return [name for name in out.stdout.decode().split("\0") if name and (REPO / name).is_file()]
-
-
-def _in_ci() -> bool:
-    import os
-
-    return bool(os.environ.get("CI"))
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +77,8 @@ def fresh_install(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture
 def empty_pg_url() -> Iterator[str]:
-    name = create_pg_database("photo_api_wheel")
-    yield pg_url_for(name)
-    drop_pg_database(name)
+    with pg_database("photo_api_wheel", migrated=False) as url:
+        yield url
 
 
 def cli(bin_dir: Path, *args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -123,8 +118,7 @@ def test_the_wheel_holds_every_file_of_the_package(wheel: Path) -> None:
 def test_the_installed_wheel_migrates_an_empty_postgresql_database(
     fresh_install: Path, empty_pg_url: str, tmp_path: Path
 ) -> None:
-    env = {"ENVIRONMENT": "production", "DATABASE_URL": empty_pg_url, "JWT_SECRET_KEY": TEST_SECRET}
-    env["LOCAL_STORAGE_DIR"] = str(tmp_path / "storage")
+    env = production_env(empty_pg_url, tmp_path / "storage")
     upgraded = cli(fresh_install, "db", "upgrade", env=env, cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
     current = cli(fresh_install, "db", "current", env=env, cwd=tmp_path)
@@ -141,10 +135,7 @@ def test_the_installed_wheel_serves_the_embedded_default(fresh_install: Path, tm
     home.mkdir()
     server = ServeProcess({}, cwd=home, log_dir=tmp_path / "serve", script=str(fresh_install / "photo-api"))
     with server.start():
-        name = f"u{uuid.uuid4().hex[:8]}"
-        creds = {"email": f"{name}@example.com", "username": name, "password": "correct horse battery"}
-        r = requests.post(server.url("/auth/register"), json=creds, timeout=HTTP_TIMEOUT_S)
-        assert r.status_code == 201, r.text
+        Users.at(server.url(), timeout=HTTP_TIMEOUT_S).register()
         r = requests.get(server.url("/health"), timeout=HTTP_TIMEOUT_S)
         assert r.status_code == 200, r.text
 
@@ -158,8 +149,7 @@ def test_an_install_without_its_migrations_refuses_to_migrate_or_serve(
         script.unlink()
     shutil.rmtree(versions / "__pycache__", ignore_errors=True)
 
-    env = {"ENVIRONMENT": "production", "DATABASE_URL": empty_pg_url, "JWT_SECRET_KEY": TEST_SECRET}
-    env["LOCAL_STORAGE_DIR"] = str(tmp_path / "storage")
+    env = production_env(empty_pg_url, tmp_path / "storage")
     result = cli(fresh_install, "db", "upgrade", env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert "no migration found" in result.stderr and "Traceback" not in result.stderr

@@ -24,7 +24,7 @@ from photo_api import create_app
 from photo_api.config import Settings
 from photo_api.models import Album, AlbumPhoto, PendingObjectDeletion, Photo, PhotoStatus, utcnow
 from photo_api.storage import CHUNK_SIZE
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.http_checks import assert_problem, engine_of, error_fields
 from tests.images import SAMPLES, gif, jpeg, large_jpeg_chunks, large_jpeg_size, png, upload, webp
 

@@ -24,7 +24,7 @@ from photo_api.models import Album, AlbumPhoto, Photo, PhotoStatus, utcnow
 from photo_api.runtime import Runtime
 from photo_api.services import uploads
 from photo_api.storage import LocalStorage, ObjectNotFound
-from tests.conftest import Users
+from tests.harness.users import Users
 
 PROBLEM = "application/problem+json"
 

@@ -19,8 +19,9 @@ from sqlalchemy import select
 from photo_api.models import PendingObjectDeletion, Photo, utcnow
 from photo_api.services import uploads
 from photo_api.services.uploads import ReapResult
-from tests.conftest import TEST_SECRET, Users
-from tests.e2e.server import clean_environment, console_script
+from tests.harness.env import TEST_SECRET
+from tests.harness.server import clean_environment, console_script
+from tests.harness.users import Users
 from tests.test_presigned import PNG, confirm, expire_upload_window, presign, rt, stored_bytes, upload_photo
 
 CLI_TIMEOUT_S = 60

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from photo_api import create_app
 from photo_api.config import Settings
 from photo_api.models import AlbumPhoto, PhotoStatus, ShareLink
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.http_checks import assert_problem, engine_of, error_fields
 from tests.images import png
 from tests.test_albums import add_photos, insert_photo, new_album, run_sql, scalar

@@ -2,7 +2,7 @@
 
 from flask.testing import FlaskClient
 
-from tests.conftest import Users
+from tests.harness.users import Users
 
 
 def test_register_login_me(client: FlaskClient, users: Users) -> None:

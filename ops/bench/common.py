@@ -1,8 +1,9 @@
-"""What the photo benchmarks share: a throw-away PostgreSQL database, a real `photo-api serve`, a user,
-streamed multipart uploads, worker memory from /proc, and a description of the machine.
+"""What the benchmarks share: a throw-away PostgreSQL database, a real `photo-api serve` with production
+settings, streamed multipart uploads, worker memory from /proc, and a description of the machine.
 
-No pytest here: the server comes from tests/e2e/server.py (plain subprocess + requests), everything else
-is below. Run the benchmarks from the repository root (`python -m ops.bench.photos_bench ...`).
+The database, the environment, the server process and users come from the test harness (tests/harness/,
+plain code, no pytest); what only benchmarks need is below. Run the benchmarks from the repository root
+(`python -m ops.bench.photos_bench ...`).
 """
 
 from __future__ import annotations
@@ -22,86 +23,46 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg2
-import requests
-from sqlalchemy.engine import make_url
+from tests.harness.databases import PostgresServer, admin_url_from_env
+from tests.harness.env import lifecycle_env, production_env
+from tests.harness.server import ServeProcess, free_port
 
-from photo_api import migrate
-from tests.e2e.server import ServeProcess, free_port
-
-PG_ADMIN_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-)
-PASSWORD = "correct horse battery"
 TIMEOUT_S = 60
 MIB = 1024 * 1024
 # What the client hands the socket at a time when it streams a file.
 SEND_CHUNK = 1 * MIB
 # Production refuses a drain shorter than what the load balancer needs to notice it (interval x threshold +
 # probe timeout); there is no load balancer here, so all three are small and a graceful stop takes ~1.5 s.
-FAST_DRAIN = {
-    "DRAIN_DELAY_SECONDS": "1.5",
-    "LB_HEALTH_CHECK_INTERVAL": "0.5",
-    "LB_UNHEALTHY_THRESHOLD": "2",
-    "LB_HEALTH_CHECK_TIMEOUT": "0.5",
-    "HEALTH_CHECK_TIMEOUT": "0.4",
-}
+FAST_DRAIN = lifecycle_env(
+    1.5, check_interval_s=0.5, unhealthy_threshold=2, check_timeout_s=0.5, health_check_timeout_s=0.4
+)
 
 
-def _admin_connection() -> psycopg2.extensions.connection:
-    url = make_url(PG_ADMIN_URL)
-    conn = psycopg2.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        dbname=url.database or "postgres",
-        connect_timeout=5,
-    )
-    conn.autocommit = True
-    return conn
+def bench_postgres() -> PostgresServer:
+    """The PostgreSQL server of the benchmarks: BENCH_POSTGRES_URL, else the tests' (TEST_POSTGRES_URL or local)."""
+    return PostgresServer(os.environ.get("BENCH_POSTGRES_URL") or admin_url_from_env())
 
 
-@contextlib.contextmanager
-def temporary_database(prefix: str = "photo_api_bench") -> Iterator[str]:
-    """Create a PostgreSQL database migrated to head; yield its URL; drop it (connections and all) afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    conn = _admin_connection()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        conn = _admin_connection()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            conn.close()
+def temporary_database(prefix: str = "photo_api_bench") -> contextlib.AbstractContextManager[str]:
+    """A PostgreSQL database migrated to head, as a context giving its URL; dropped (connections and all) after."""
+    return bench_postgres().temporary(prefix)
 
 
 def server_env(database_url: str, work: Path, **overrides: str) -> dict[str, str]:
     """Production settings on `database_url`, storage and metrics files under `work`, plus `overrides`."""
-    env = {
-        "ENVIRONMENT": "production",
-        "DATABASE_URL": database_url,
-        "JWT_SECRET_KEY": secrets.token_urlsafe(48),
-        "LOCAL_STORAGE_DIR": str(work / "storage"),
+    return production_env(
+        database_url,
+        work / "storage",
+        secret=secrets.token_urlsafe(48),
         # An access-log line per request would be a large part of what is measured; production ships
         # them, but that cost belongs to the log pipeline, not to the code under test.
-        "LOG_LEVEL": "WARNING",
+        log_level="WARNING",
         # Metrics stay on, as in production, on a port of their own so that parallel runs do not collide.
-        "METRICS_PORT": str(free_port()),
-        "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
-        **FAST_DRAIN,
-    }
-    env.update(overrides)
-    return env
+        metrics_port=free_port(),
+        metrics_dir=work / "prometheus",
+        lifecycle=FAST_DRAIN,
+        overrides=overrides,
+    )
 
 
 @contextlib.contextmanager
@@ -114,17 +75,6 @@ def running_server(env: Mapping[str, str], work: Path, name: str, workers: int =
         server.stop()
     finally:
         server.close()
-
-
-def login(server: ServeProcess) -> dict[str, str]:
-    """Register a fresh user and return its Authorization header."""
-    user = f"bench{uuid.uuid4().hex[:8]}"
-    email = f"{user}@example.com"
-    body = {"email": email, "username": user, "password": PASSWORD}
-    requests.post(server.url("/auth/register"), json=body, timeout=TIMEOUT_S).raise_for_status()
-    r = requests.post(server.url("/auth/login"), json={"email": email, "password": PASSWORD}, timeout=TIMEOUT_S)
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def file_chunks(path: Path, chunk: int = SEND_CHUNK) -> Iterator[bytes]:
@@ -281,13 +231,7 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     mem_kib = status_meminfo("MemTotal")
-    conn = _admin_connection()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW server_version")
-            pg = cur.fetchone()[0]
-    finally:
-        conn.close()
+    pg = bench_postgres().version()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"{os.cpu_count()} CPUs ({model}), {mem_kib / MIB:.0f} GiB RAM, Linux {platform.release()}, "

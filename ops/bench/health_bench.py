@@ -21,13 +21,14 @@ from tempfile import TemporaryDirectory
 
 import psycopg2
 import requests
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from photo_api import migrate  # noqa: E402
-from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for  # noqa: E402
-from tests.e2e.server import ServeProcess, free_port  # noqa: E402
+from ops.bench.common import temporary_database  # noqa: E402
+from tests.harness.env import production_env  # noqa: E402
+from tests.harness.server import ServeProcess, free_port  # noqa: E402
 
 PROBERS = 3
 PROBE_HZ = 1.0
@@ -108,36 +109,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    name = create_pg_database("photo_api_bench")
-    url = pg_url_for(name)
-    try:
-        migrate.upgrade(url)
-        with TemporaryDirectory() as tmp:
-            env = {
-                "ENVIRONMENT": "production",
-                "DATABASE_URL": url,
-                "JWT_SECRET_KEY": TEST_SECRET,
-                "LOCAL_STORAGE_DIR": str(Path(tmp) / "storage"),
-                "METRICS_PORT": str(free_port()),
-                "LOG_LEVEL": "WARNING",
-            }
-            with ServeProcess(env, cwd=Path(tmp), log_dir=Path(tmp) / "logs", workers=args.workers) as server:
-                health = server.url("/health")
-                stop = threading.Event()
-                threads = probers(health, stop)
-                time.sleep(1)
-                probes_only = count_probes(url, name, args.seconds) / args.seconds
+    with temporary_database() as url, TemporaryDirectory() as tmp:
+        name = str(make_url(url).database)
+        env = production_env(url, Path(tmp) / "storage", metrics_port=free_port(), log_level="WARNING")
+        with ServeProcess(env, cwd=Path(tmp), log_dir=Path(tmp) / "logs", workers=args.workers) as server:
+            health = server.url("/health")
+            stop = threading.Event()
+            threads = probers(health, stop)
+            time.sleep(1)
+            probes_only = count_probes(url, name, args.seconds) / args.seconds
 
-                latencies: list[float] = []
-                loader = threading.Thread(target=lambda: latencies.extend(load(health, args.rate, args.seconds)))
-                loader.start()
-                under_load = count_probes(url, name, args.seconds) / args.seconds
-                loader.join()
-                stop.set()
-                for thread in threads:
-                    thread.join(TIMEOUT_S)
-    finally:
-        drop_pg_database(name)
+            latencies: list[float] = []
+            loader = threading.Thread(target=lambda: latencies.extend(load(health, args.rate, args.seconds)))
+            loader.start()
+            under_load = count_probes(url, name, args.seconds) / args.seconds
+            loader.join()
+            stop.set()
+            for thread in threads:
+                thread.join(TIMEOUT_S)
 
     quantiles = statistics.quantiles(latencies, n=100)
     print(f"workers={args.workers}, {PROBERS} probers at {PROBE_HZ:g} Hz, phases of {args.seconds:g} s")

@@ -19,7 +19,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -28,31 +27,21 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from photo_api import migrate  # noqa: E402
-from tests.conftest import TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for  # noqa: E402
-from tests.e2e.server import ServeProcess, free_port  # noqa: E402
+from ops.bench.common import temporary_database  # noqa: E402
+from tests.harness.env import TEST_SECRET, production_env  # noqa: E402
+from tests.harness.server import ServeProcess, Servers, free_port  # noqa: E402
+from tests.harness.users import Users  # noqa: E402
 
-PASSWORD = "correct horse battery"
 # Series a busy instance has: every route family used once, so the scrape is not of an idle instance.
 WARMUP_REQUESTS = 300
 PHOTOS_LISTED = 20
 TIMEOUT_S = 10
 
 
-def start(env: dict[str, str], workers: int, tmp: Path, name: str) -> ServeProcess:
-    server = ServeProcess(env, cwd=tmp, log_dir=tmp / name, workers=workers)
-    return server.start()
-
-
 def login(server: ServeProcess) -> dict[str, str]:
-    user = f"bench{uuid.uuid4().hex[:8]}"
-    creds = {"email": f"{user}@example.com", "username": user, "password": PASSWORD}
-    requests.post(server.url("/auth/register"), json=creds, timeout=TIMEOUT_S).raise_for_status()
-    r = requests.post(
-        server.url("/auth/login"), json={"email": creds["email"], "password": PASSWORD}, timeout=TIMEOUT_S
-    )
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+    """A fresh user's Authorization header."""
+    headers: dict[str, str] = Users.at(server.url(), timeout=TIMEOUT_S).create()["headers"]
+    return headers
 
 
 def seed_photos(server: ServeProcess, headers: dict[str, str]) -> None:
@@ -161,71 +150,64 @@ def main() -> None:
     parser.add_argument("--load-workers", type=int, default=2, help="gunicorn workers for the requests/s runs")
     args = parser.parse_args()
 
-    if os.environ.get("BENCH_POSTGRES_URL"):
-        os.environ["TEST_POSTGRES_URL"] = os.environ["BENCH_POSTGRES_URL"]
-    db_name = create_pg_database("photo_api_bench")
-    database_url = pg_url_for(db_name)
-    migrate.upgrade(database_url)
-    try:
-        with TemporaryDirectory() as tmp_name:
-            tmp = Path(tmp_name)
-            base = {
-                "ENVIRONMENT": "production",
-                "DATABASE_URL": database_url,
-                "JWT_SECRET_KEY": TEST_SECRET,
-                "LOCAL_STORAGE_DIR": str(tmp / "storage"),
-                "LOG_LEVEL": "WARNING",  # the access log line per request would dominate the figures
-            }
-            print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.machine()}")
-            print(
-                f"load: GET /photos?limit=20 ({PHOTOS_LISTED} photos), {args.concurrency} keep-alive connections, "
-                f"{args.seconds:g} s x {args.rounds} rounds per mode, {args.load_workers} workers\n"
-            )
+    with (
+        temporary_database() as database_url,
+        TemporaryDirectory() as tmp_name,
+        Servers(Path(tmp_name)) as instances,
+    ):
+        tmp = Path(tmp_name)
+        # The access log line per request would dominate the figures.
+        base = production_env(database_url, tmp / "storage", log_level="WARNING")
+        print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.machine()}")
+        print(
+            f"load: GET /photos?limit=20 ({PHOTOS_LISTED} photos), {args.concurrency} keep-alive connections, "
+            f"{args.seconds:g} s x {args.rounds} rounds per mode, {args.load_workers} workers\n"
+        )
 
-            print("scrape of METRICS_PORT (new connection each)")
-            print(f"  {'workers':>7}  {'median ms':>9}  {'p90 ms':>7}  {'samples':>7}  {'bytes':>7}")
-            for workers in (2, 4):
-                port = free_port()
-                server = start({**base, "METRICS_PORT": str(port)}, workers, tmp, f"scrape-{workers}")
-                try:
-                    headers = login(server)
-                    seed_photos(server, headers)
-                    for i in range(WARMUP_REQUESTS):
-                        requests.get(server.url("/photos" if i % 3 else "/health"), headers=headers, timeout=TIMEOUT_S)
-                    metrics_url = f"http://127.0.0.1:{port}/metrics"
-                    scrape_cost(metrics_url, 5)  # warm-up: imports and caches of the master's thread
-                    median, p90, samples, size = scrape_cost(metrics_url, args.scrapes)
-                    print(f"  {workers:>7}  {median:>9.2f}  {p90:>7.2f}  {samples:>7}  {size:>7}")
-                finally:
-                    server.stop()
-
-            print("\nrequests/s of GET /photos")
-            results: dict[str, list[float]] = {"on": [], "off": []}
-            servers = {
-                "on": start({**base, "METRICS_PORT": str(free_port())}, args.load_workers, tmp, "load-on"),
-                "off": start({**base, "METRICS_ENABLED": "false"}, args.load_workers, tmp, "load-off"),
-            }
+        print("scrape of METRICS_PORT (new connection each)")
+        print(f"  {'workers':>7}  {'median ms':>9}  {'p90 ms':>7}  {'samples':>7}  {'bytes':>7}")
+        for workers in (2, 4):
+            port = free_port()
+            server = instances.start({**base, "METRICS_PORT": str(port)}, workers=workers, name=f"scrape-{workers}")
             try:
-                tokens = {mode: login(server) for mode, server in servers.items()}
-                for mode, server in servers.items():
-                    load(server, tokens[mode], 2.0, args.concurrency)  # warm-up: pools filled, code paths hot
-                for _ in range(args.rounds):
-                    for mode, server in servers.items():  # alternated, so drift affects both alike
-                        results[mode].append(load(server, tokens[mode], args.seconds, args.concurrency))
+                headers = login(server)
+                seed_photos(server, headers)
+                for i in range(WARMUP_REQUESTS):
+                    requests.get(server.url("/photos" if i % 3 else "/health"), headers=headers, timeout=TIMEOUT_S)
+                metrics_url = f"http://127.0.0.1:{port}/metrics"
+                scrape_cost(metrics_url, 5)  # warm-up: imports and caches of the master's thread
+                median, p90, samples, size = scrape_cost(metrics_url, args.scrapes)
+                print(f"  {workers:>7}  {median:>9.2f}  {p90:>7.2f}  {samples:>7}  {size:>7}")
             finally:
-                for server in servers.values():
-                    server.stop()
-            on, off = statistics.median(results["on"]), statistics.median(results["off"])
-            for mode in ("on", "off"):
-                runs = ", ".join(f"{r:.0f}" for r in results[mode])
-                print(f"  metrics {mode:>3}: {statistics.median(results[mode]):7.0f} req/s  (runs: {runs})")
-            print(f"  metrics on vs off: {(on - off) / off * 100:+.1f}% requests/s")
+                server.stop()
 
-            hooks_on, hooks_off = hook_cost(tmp)
-            print("\nper request through the app in one process (Flask test client, GET /health/liveness, mmap files)")
-            print(f"  metrics on: {hooks_on:.1f} us, off: {hooks_off:.1f} us, cost: {hooks_on - hooks_off:+.1f} us")
-    finally:
-        drop_pg_database(db_name)
+        print("\nrequests/s of GET /photos")
+        results: dict[str, list[float]] = {"on": [], "off": []}
+        servers = {
+            "on": instances.start(
+                {**base, "METRICS_PORT": str(free_port())}, workers=args.load_workers, name="load-on"
+            ),
+            "off": instances.start({**base, "METRICS_ENABLED": "false"}, workers=args.load_workers, name="load-off"),
+        }
+        try:
+            tokens = {mode: login(server) for mode, server in servers.items()}
+            for mode, server in servers.items():
+                load(server, tokens[mode], 2.0, args.concurrency)  # warm-up: pools filled, code paths hot
+            for _ in range(args.rounds):
+                for mode, server in servers.items():  # alternated, so drift affects both alike
+                    results[mode].append(load(server, tokens[mode], args.seconds, args.concurrency))
+        finally:
+            for server in servers.values():
+                server.stop()
+        on, off = statistics.median(results["on"]), statistics.median(results["off"])
+        for mode in ("on", "off"):
+            runs = ", ".join(f"{r:.0f}" for r in results[mode])
+            print(f"  metrics {mode:>3}: {statistics.median(results[mode]):7.0f} req/s  (runs: {runs})")
+        print(f"  metrics on vs off: {(on - off) / off * 100:+.1f}% requests/s")
+
+        hooks_on, hooks_off = hook_cost(tmp)
+        print("\nper request through the app in one process (Flask test client, GET /health/liveness, mmap files)")
+        print(f"  metrics on: {hooks_on:.1f} us, off: {hooks_off:.1f} us, cost: {hooks_on - hooks_off:+.1f} us")
 
 
 if __name__ == "__main__":

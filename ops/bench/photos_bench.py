@@ -40,7 +40,6 @@ from ops.bench.common import (
     cpu_seconds,
     file_chunks,
     fsync_copy,
-    login,
     machine,
     reset_peak_rss,
     run_wrk,
@@ -50,7 +49,8 @@ from ops.bench.common import (
     temporary_database,
     upload_stream,
 )
-from tests.e2e.server import ServeProcess
+from tests.harness.server import ServeProcess
+from tests.harness.users import Users
 from tests.images import large_jpeg_chunks, png
 
 SMALL_UPLOAD = 1 * MIB
@@ -120,7 +120,7 @@ def bench_memory(runs: int) -> None:
         write_jpeg(large, LARGE_UPLOAD)
         env = server_env(database_url, work, MAX_UPLOAD_BYTES=str(RAISED_UPLOAD_LIMIT))
         with running_server(env, work, "memory") as server:
-            headers = login(server)
+            headers = Users.at(server.url(), timeout=TIMEOUT_S).create()["headers"]
             # Imports, pools and buffers of both workers settle on small uploads first (each on a new
             # connection, so both workers take some).
             for _ in range(WARMUP_UPLOADS):
@@ -161,7 +161,7 @@ def bench_throughput(runs: int, size_mib: int) -> None:
         copy_mbps: list[float] = []
         worker_cpu: list[float] = []
         with running_server(env, work, "throughput") as server, requests.Session() as http:
-            headers = login(server)
+            headers = Users.at(server.url(), timeout=TIMEOUT_S).create()["headers"]
             http.headers.update(headers)
             photo_id, _ = upload_file(server, headers, source)  # warm-up: both paths, page cache holds the file
             http.delete(server.url(f"/photos/{photo_id}"), timeout=TIMEOUT_S).raise_for_status()
@@ -275,7 +275,7 @@ def bench_read(runs: int, seconds: float, connections: int, generator: str) -> N
     with temporary_database() as database_url, TemporaryDirectory(prefix="photo-bench-") as tmp:
         work = Path(tmp)
         with running_server(server_env(database_url, work), work, "read") as server:
-            headers = login(server)
+            headers = Users.at(server.url(), timeout=TIMEOUT_S).create()["headers"]
             image_id = seed_read_data(server, headers, work)
             listed = requests.get(server.url("/photos?limit=50"), headers=headers, timeout=TIMEOUT_S).json()
             assert len(listed) == LISTED_PHOTOS, len(listed)

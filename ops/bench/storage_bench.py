@@ -5,9 +5,9 @@ and upload throughput to Swift.
     .venv/bin/python -m ops.bench.storage_bench upload       # or one of: open, list, upload
 
 Everything is started here and removed again: a Swift on loopback (`ops/swift-saio.sh start <tmpdir>`,
-stopped at the end), a fault proxy in front of it (tests/faultproxy.py, in this process), a PostgreSQL
-database (BENCH_POSTGRES_URL / TEST_POSTGRES_URL, default the local server; dropped at the end) and
-`photo-api serve` (production settings, 2 gevent workers, STORAGE_BACKEND=swift with every storage
+stopped at the end), a fault proxy in front of it (tests/harness/faultproxy.py, in this process), a
+PostgreSQL database (BENCH_POSTGRES_URL / TEST_POSTGRES_URL, default the local server; dropped at the end)
+and `photo-api serve` (production settings, 2 gevent workers, STORAGE_BACKEND=swift with every storage
 call through the proxy). Load comes from wrk when it is installed, else from Python threads.
 
 - open: p50/p99 of `GET /photos/{id}/image` while both workers' storage breakers are open, one request at
@@ -47,7 +47,6 @@ from ops.bench.common import (
     TIMEOUT_S,
     cpu_seconds,
     file_chunks,
-    login,
     machine,
     run_wrk,
     running_server,
@@ -55,10 +54,12 @@ from ops.bench.common import (
     temporary_database,
     upload_stream,
 )
-from tests.e2e.server import ServeProcess, free_port
-from tests.faultproxy import Fault, FaultProxy
+from tests.harness.env import swift_settings
+from tests.harness.faultproxy import Fault, FaultProxy
+from tests.harness.server import ServeProcess, free_ports
+from tests.harness.users import Users
 from tests.images import large_jpeg_chunks, png
-from tests.swift.api_server import WorkerClient, pin_workers, serves, storage_circuit, swift_settings, through
+from tests.swift.api_server import WorkerClient, pin_workers, serves, storage_circuit, through
 
 ROOT = Path(__file__).resolve().parents[2]
 SAIO_SCRIPT = ROOT / "ops" / "swift-saio.sh"
@@ -112,10 +113,7 @@ class Swift:
 @contextlib.contextmanager
 def running_swift(directory: Path) -> Iterator[Swift]:
     """`ops/swift-saio.sh start` on free loopback ports in `directory`; stopped afterwards."""
-    ports: set[int] = set()
-    while len(ports) < 5:
-        ports.add(free_port())
-    proxy, obj, container, account, memcached = sorted(ports)
+    proxy, obj, container, account, memcached = free_ports(5)
     env = {
         **os.environ,
         "SWIFT_SAIO_PROXY_PORT": str(proxy),
@@ -568,7 +566,7 @@ def main() -> None:
     ):
         stack = Stack(swift, proxy, database_url, Path(tmp))
         with running_server(stack.env(), stack.work, "serve-breaker", workers=WORKERS) as server:
-            headers = login(server)
+            headers = Users.at(server.url(), timeout=TIMEOUT_S).create()["headers"]
             image_path = seed(server, headers)
             if args.what in ("all", "upload"):
                 bench_upload(stack, server, headers, args.upload_mib, args.upload_runs)
@@ -589,7 +587,7 @@ def main() -> None:
         if args.what in ("all", "list"):
             env = stack.env(STORAGE_BREAKER_FAILURE_THRESHOLD=str(NEVER_OPENS))
             with running_server(env, stack.work, "serve-hung", workers=WORKERS) as server:
-                headers = login(server)
+                headers = Users.at(server.url(), timeout=TIMEOUT_S).create()["headers"]
                 image_path = seed(server, headers)
                 bench_list(
                     stack,

@@ -23,9 +23,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
-from tests.e2e.server import free_port
+from tests.harness.ci import unavailable
+from tests.harness.server import free_port
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 HAPROXY_CONFIG = OPS / "haproxy" / "photo-api.cfg"
@@ -39,10 +38,7 @@ def require_binary(name: str) -> str:
     for candidate in (shutil.which(name), f"/usr/sbin/{name}"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    message = f"{name} is not installed (Debian: {APT_LINE})"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{name} is not installed (Debian: {APT_LINE})")
 
 
 def _sub_once(pattern: str, replacement: str, text: str, flags: int = re.MULTILINE) -> str:

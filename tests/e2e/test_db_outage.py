@@ -1,8 +1,8 @@
 """PostgreSQL unreachable under a running `photo-api serve`, and back again, without restarting anything.
 
-The shared PostgreSQL serves other tests and must not be stopped: the instance reaches it through
-`DbProxy`, which is switched to `refuse` (the database host is down: closed port) and to
-`blackhole` (packets dropped: connects and pooled connections hang). In both cases /health answers
+The shared PostgreSQL serves other tests and must not be stopped: the instance reaches it through the
+harness's `FaultProxy`, which is switched to `refuse` (the database host is down: closed port) and to
+a `partition`, the blackhole case (packets dropped: connects and pooled connections hang). In both cases /health answers
 503 within HEALTH_CHECK_TIMEOUT + 100 ms every time, liveness stays 200, requests that need the
 database get a fast 503 problem+json with Retry-After, and after the database returns everything is
 200 again within 5 s. The pool is kept tiny (2 per worker, no overflow, 3 s checkout timeout) so that
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,10 +20,10 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
-from tests.conftest import DEFAULT_PASSWORD
 from tests.e2e.conftest import StartServer
-from tests.e2e.dbproxy import DbProxy, Mode
-from tests.e2e.server import ServeProcess
+from tests.harness.faultproxy import Fault, FaultProxy
+from tests.harness.server import ServeProcess
+from tests.harness.users import Users
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +43,8 @@ LIVENESS_BOUND_S = 0.2
 HTTP_TIMEOUT_S = 10
 POLL_S = 0.1
 AFTER_RECOVERY_REQUESTS = 30
+# The two outages, by the name the report prints: the host down, and every packet dropped.
+OUTAGES = {"refuse": Fault.refuse(), "blackhole": Fault.partition()}
 
 
 @dataclass
@@ -70,11 +71,11 @@ def _timed(method: str, url: str, **kwargs: object) -> Timed:
     return Timed(r.status_code, time.perf_counter() - started, r.headers.get("Retry-After"), r.headers["Content-Type"])
 
 
-def _outage(server: ServeProcess, proxy: DbProxy, mode: Mode, creds: dict[str, str], token: str) -> OutageRun:
+def _outage(server: ServeProcess, proxy: FaultProxy, mode: str, creds: dict[str, str], token: str) -> OutageRun:
     run = OutageRun(mode)
     auth = {"Authorization": f"Bearer {token}"}
     time.sleep(HEALTH_CACHE_S)  # no cached "healthy" left: the first probes meet the outage themselves
-    proxy.set_mode(mode)
+    proxy.set(OUTAGES[mode])
     switched = time.monotonic()
     while time.monotonic() - switched < OUTAGE_S:
         sent = time.monotonic() - switched
@@ -85,7 +86,7 @@ def _outage(server: ServeProcess, proxy: DbProxy, mode: Mode, creds: dict[str, s
             run.api.append(_timed("POST", server.url("/auth/login"), json=creds))
         time.sleep(POLL_S)
 
-    proxy.set_mode("up")
+    proxy.pass_through()
     back = time.monotonic()
     while time.monotonic() - back < RECOVERY_BOUND_S * 2:
         # Concurrent requests, so that every worker has to answer: sequential ones on an idle instance
@@ -124,7 +125,7 @@ def test_database_outage_fails_fast_and_recovers(
     production_env: dict[str, str], pg_database_url: str, serve: StartServer
 ) -> None:
     url = make_url(pg_database_url)
-    with DbProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+    with FaultProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
         env = {
             **production_env,
             "DATABASE_URL": url.set(port=proxy.port).render_as_string(hide_password=False),
@@ -138,11 +139,10 @@ def test_database_outage_fails_fast_and_recovers(
         }
         server = serve(env, workers=2)
         workers = server.worker_pids()
-        name = f"u{uuid.uuid4().hex[:10]}"
-        creds = {"email": f"{name}@example.com", "password": DEFAULT_PASSWORD}
-        r = requests.post(server.url("/auth/register"), json={**creds, "username": name}, timeout=HTTP_TIMEOUT_S)
-        assert r.status_code == 201, r.text
-        token = requests.post(server.url("/auth/login"), json=creds, timeout=HTTP_TIMEOUT_S).json()["access_token"]
+        users = Users.at(server.url(), timeout=HTTP_TIMEOUT_S)
+        registered = users.register()
+        creds = {"email": registered["email"], "password": registered["password"]}
+        token = users.login(creds)
         auth = {"Authorization": f"Bearer {token}"}
         # Warm both workers' pools: the blackhole must meet pooled connections that go silent.
         with ThreadPoolExecutor(8) as pool:
@@ -150,7 +150,7 @@ def test_database_outage_fails_fast_and_recovers(
         assert set(warm) == {200}
         assert _timed("GET", server.url("/health")).status == 200
 
-        for mode in ("refuse", "blackhole"):
+        for mode in OUTAGES:
             run = _outage(server, proxy, mode, creds, token)
             _report(run)
             assert all(t.seconds < HEALTH_BOUND_S for _, t in run.health), run.health
@@ -187,8 +187,8 @@ def test_readiness_waits_for_the_database_at_startup(
     production_env: dict[str, str], pg_database_url: str, serve: StartServer
 ) -> None:
     url = make_url(pg_database_url)
-    with DbProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
-        proxy.set_mode("refuse")
+    with FaultProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        proxy.set(Fault.refuse())
         env = {
             **production_env,
             "DATABASE_URL": url.set(port=proxy.port).render_as_string(hide_password=False),
@@ -200,7 +200,7 @@ def test_readiness_waits_for_the_database_at_startup(
             assert _timed("GET", server.url("/health")).status == 503
             assert _timed("GET", server.url("/health/liveness")).status == 200
             time.sleep(POLL_S)
-        proxy.set_mode("up")
+        proxy.pass_through()
         back = time.monotonic()
         server.wait_for(lambda: _timed("GET", server.url("/health")).status == 200, RECOVERY_BOUND_S, "readiness")
         print(f"\nreadiness 200 {time.monotonic() - back:.2f} s after the database became reachable")

@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +21,10 @@ import psycopg2
 import pytest
 import requests
 
-from tests.conftest import DEFAULT_PASSWORD
-from tests.e2e.conftest import StartServer, lifecycle_env
-from tests.e2e.server import ServeProcess, pid_alive
+from tests.e2e.conftest import StartServer
+from tests.harness.env import lifecycle_env
+from tests.harness.server import ServeProcess, pid_alive
+from tests.harness.users import Users
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,6 @@ PROBE_INTERVAL_S = 0.05
 HTTP_TIMEOUT_S = 5
 # gunicorn's quick stop gives workers 2 s; the master notices the signal at once.
 QUICK_STOP_BOUND_S = 4.0
-# Which worker accepts a new connection is up to the kernel; a new worker accepts once its app is loaded.
-CONNECT_TO_WORKER_S = 15.0
 RECYCLE_PROBES = 60
 RECYCLE_PROBE_INTERVAL_S = 0.03
 
@@ -64,33 +62,6 @@ class DrainRun:
     login_done_at: float | None = None
     exit_code: int | None = None
     exit_at: float | None = None
-
-
-def _new_user(server: ServeProcess) -> dict[str, str]:
-    name = f"u{uuid.uuid4().hex[:10]}"
-    creds = {"email": f"{name}@example.com", "username": name, "password": DEFAULT_PASSWORD}
-    r = requests.post(server.url("/auth/register"), json=creds, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 201, r.text
-    return creds
-
-
-def _connection_to(server: ServeProcess, wanted: set[int] | None = None) -> tuple[int, http.client.HTTPConnection]:
-    """A new keep-alive connection and the worker that accepted it (one of `wanted`, if given)."""
-    give_up = time.monotonic() + CONNECT_TO_WORKER_S
-    while time.monotonic() < give_up:
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=HTTP_TIMEOUT_S)
-        conn.connect()
-        assert conn.sock is not None
-        owner = server.worker_serving(conn.sock)
-        deadline = time.monotonic() + 1.0
-        while owner is None and time.monotonic() < deadline:  # a worker accepts it asynchronously
-            time.sleep(0.01)
-            owner = server.worker_serving(conn.sock)
-        if owner is not None and (wanted is None or owner in wanted):
-            return owner, conn
-        conn.close()
-        time.sleep(0.02)
-    raise AssertionError(f"no connection reached a worker in {wanted} within {CONNECT_TO_WORKER_S}s")
 
 
 def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, str, dict[str, Any]]:
@@ -131,12 +102,12 @@ def test_sigterm_drains_then_stops_gracefully(production_env: dict[str, str], se
     server = serve({**production_env, **FAST_LIFECYCLE}, workers=2)
     workers = set(server.worker_pids())
     assert len(workers) == 2
-    creds = _new_user(server)
+    creds = Users.at(server.url(), timeout=HTTP_TIMEOUT_S).register()
 
     # One idle keep-alive connection on each worker, opened before SIGTERM.
     kept: dict[int, http.client.HTTPConnection] = {}
     while set(kept) != workers:
-        pid, conn = _connection_to(server, workers - set(kept))
+        pid, conn = server.connection_to_worker(workers - set(kept))
         status, _, _ = _get(conn, "/health/readiness")
         assert status == 200
         kept[pid] = conn
@@ -262,7 +233,7 @@ def test_worker_crashing_during_the_drain_is_replaced(production_env: dict[str, 
     os.kill(crashed, signal.SIGKILL)
     server.wait_for(lambda: len(set(server.worker_pids()) - before) == 1, 5, "a replacement worker")
     (replacement,) = set(server.worker_pids()) - before
-    _, conn = _connection_to(server, {replacement})
+    _, conn = server.connection_to_worker({replacement})
     try:
         status, connection, body = _get(conn, "/health/readiness")
     finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import DEFAULT_PASSWORD
-from tests.e2e.conftest import lifecycle_env
 from tests.e2e.lb import Haproxy, Nginx, validate_shipped_configs
-from tests.e2e.server import ServeProcess, free_port
+from tests.harness.env import lifecycle_env
+from tests.harness.server import ServeProcess, Servers, free_port
+from tests.harness.users import Users
 from tests.images import png
 
 pytestmark = pytest.mark.slow
@@ -133,20 +132,17 @@ def test_rolling_restart_loses_no_request(production_env: dict[str, str], tmp_pa
     env = {**production_env, **LIFECYCLE}
     ports = [free_port() for _ in range(INSTANCES)]
     metrics_ports = [free_port() for _ in range(INSTANCES)]  # one host, three instances
-    started: list[ServeProcess] = []
+    servers = Servers(tmp_path)
     haproxy = nginx = None
     loads: list[Load] = []
 
     def start_instance(slot: int, generation: int) -> ServeProcess:
-        server = ServeProcess(
+        return servers.start(
             {**env, "METRICS_PORT": str(metrics_ports[slot])},
-            cwd=tmp_path,
-            log_dir=tmp_path / f"app{slot + 1}-{generation}",
+            name=f"app{slot + 1}-{generation}",
             workers=WORKERS,
             port=ports[slot],
         )
-        started.append(server)
-        return server.start()
 
     try:
         instances = [start_instance(slot, 0) for slot in range(INSTANCES)]
@@ -161,7 +157,7 @@ def test_rolling_restart_loses_no_request(production_env: dict[str, str], tmp_pa
         nginx = Nginx(tmp_path, backends).start()
         for name in haproxy.names:
             haproxy.wait_state(name, "UP", UP_BOUND_S)
-        token = _user_token(haproxy.url())
+        token = Users.at(haproxy.url(), timeout=HTTP_TIMEOUT_S).create()["token"]
         _check_edges(haproxy.url(), nginx.url())
 
         loads = [
@@ -214,18 +210,7 @@ def test_rolling_restart_loses_no_request(production_env: dict[str, str], tmp_pa
         for proc in (haproxy, nginx):
             if proc is not None:
                 proc.close()
-        for server in started:
-            server.close()
-
-
-def _user_token(base_url: str) -> str:
-    name = f"u{uuid.uuid4().hex[:10]}"
-    creds = {"email": f"{name}@example.com", "username": name, "password": DEFAULT_PASSWORD}
-    r = requests.post(base_url + "auth/register", json=creds, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 201, r.text
-    r = requests.post(base_url + "auth/login", json=creds, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 200, r.text
-    return str(r.json()["access_token"])
+        servers.close()
 
 
 def _check_edges(haproxy_url: str, nginx_url: str) -> None:

@@ -24,9 +24,9 @@ import pytest
 import requests
 
 from tests import REPO
-from tests.e2e.conftest import lifecycle_env
 from tests.e2e.lb import Haproxy
-from tests.e2e.server import clean_environment, console_script, free_port, pid_alive
+from tests.harness.env import lifecycle_env
+from tests.harness.server import clean_environment, console_script, free_port, pid_alive
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,10 @@ import pytest
 import requests
 
 from photo_api import migrate
-from tests.conftest import DEFAULT_PASSWORD
-from tests.e2e.conftest import StartServer, lifecycle_env
-from tests.e2e.server import ServeProcess, pid_alive
+from tests.e2e.conftest import StartServer
+from tests.harness.env import lifecycle_env
+from tests.harness.server import ServeProcess, pid_alive
+from tests.harness.users import Users, bearer
 
 pytestmark = pytest.mark.slow
 
@@ -39,20 +39,12 @@ DRAIN_S = 2.0
 SIGTERM_EXIT_BOUND_S = DRAIN_S + 5
 
 
-def _credentials() -> dict[str, str]:
-    name = f"u{uuid.uuid4().hex[:10]}"
-    return {"email": f"{name}@example.com", "username": name, "password": DEFAULT_PASSWORD}
-
-
 def _register_login_me(http: requests.Session, server: ServeProcess) -> tuple[str, dict[str, Any]]:
     """Register a new user, log in and fetch /auth/me; return the token and the /auth/me body."""
-    creds = _credentials()
-    r = http.post(server.url("/auth/register"), json=creds, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 201, r.text
-    r = http.post(server.url("/auth/login"), json=creds, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 200, r.text
-    token = r.json()["access_token"]
-    r = http.get(server.url("/auth/me"), headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
+    users = Users.at(server.url(), session=http, timeout=HTTP_TIMEOUT_S)
+    creds = users.register()
+    token = users.login(creds)
+    r = http.get(server.url("/auth/me"), headers=bearer(token), timeout=HTTP_TIMEOUT_S)
     assert r.status_code == 200, r.text
     assert r.json()["email"] == creds["email"]
     return token, r.json()
@@ -102,9 +94,7 @@ def _login_waiting_for_lock(conn: Any) -> bool:
 def _blocked_login_scenario(server: ServeProcess, database_url: str) -> BlockedLoginRun:
     """Hold an ACCESS EXCLUSIVE lock on `users` while a login waits on it, and probe /health meanwhile."""
     run = BlockedLoginRun()
-    creds = _credentials()
-    r = requests.post(server.url("/auth/register"), json=creds, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 201, r.text
+    creds = Users.at(server.url(), timeout=HTTP_TIMEOUT_S).register()
     assert requests.get(server.url("/health"), timeout=HTTP_TIMEOUT_S).status_code == 200
 
     def login() -> None:

@@ -9,10 +9,8 @@ Without them these tests are skipped on a developer machine and FAIL in CI (`CI`
 from __future__ import annotations
 
 import http.client
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +21,15 @@ import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from photo_api import migrate
-from tests.conftest import DEFAULT_PASSWORD, TEST_SECRET, create_pg_database, drop_pg_database, pg_url_for
-from tests.e2e.server import ServeProcess, free_port
+from tests.harness.ci import unavailable
+from tests.harness.env import lifecycle_env, production_env
+from tests.harness.server import ServeProcess, Servers, free_port
+from tests.harness.users import Users
 
 APT_LINE = "apt-get install -y --no-install-recommends prometheus prometheus-pushgateway"
 HTTP_TIMEOUT_S = 5
-MAX_CONNECT_TRIES = 60
 # Short lifecycle settings that the production rules accept (the LB values are what the drain covers).
-FAST_LIFECYCLE = {
-    "DRAIN_DELAY_SECONDS": "2",
-    "GRACEFUL_TIMEOUT": "6",
-    "DB_STATEMENT_TIMEOUT_MS": "6000",
-    "LB_HEALTH_CHECK_INTERVAL": "0.5",
-    "LB_UNHEALTHY_THRESHOLD": "2",
-    "LB_HEALTH_CHECK_TIMEOUT": "1",
-    "HEALTH_CHECK_TIMEOUT": "0.5",
-}
+FAST_LIFECYCLE = lifecycle_env(2, 6, check_interval_s=0.5, unhealthy_threshold=2, check_timeout_s=1)
 INSTANCE_NAME = "test-vm-1"
 
 
@@ -47,10 +37,7 @@ def debian_tool(name: str) -> str:
     """The path of a tool from a Debian package; skip without it, but fail in CI, where it must be installed."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed; install it with: {APT_LINE}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} is not installed; install it with: {APT_LINE}")
     return path
 
 
@@ -127,33 +114,12 @@ class Instance:
 
     def new_user(self) -> dict[str, str]:
         """Register a user and log in; the auth headers."""
-        name = f"u{uuid.uuid4().hex[:10]}"
-        creds = {"email": f"{name}@example.com", "username": name, "password": DEFAULT_PASSWORD}
-        r = requests.post(self.server.url("/auth/register"), json=creds, timeout=HTTP_TIMEOUT_S)
-        assert r.status_code == 201, r.text
-        r = requests.post(
-            self.server.url("/auth/login"),
-            json={"email": creds["email"], "password": DEFAULT_PASSWORD},
-            timeout=HTTP_TIMEOUT_S,
-        )
-        assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        headers: dict[str, str] = Users.at(self.server.url(), timeout=HTTP_TIMEOUT_S).create()["headers"]
+        return headers
 
     def connection(self, wanted: set[int] | None = None) -> tuple[int, http.client.HTTPConnection]:
         """A new keep-alive connection and the pid of the worker that accepted it (one of `wanted`, if given)."""
-        for _ in range(MAX_CONNECT_TRIES):
-            conn = http.client.HTTPConnection(self.server.host, self.server.port, timeout=HTTP_TIMEOUT_S)
-            conn.connect()
-            assert conn.sock is not None
-            deadline = time.monotonic() + 1.0
-            owner = self.server.worker_serving(conn.sock)
-            while owner is None and time.monotonic() < deadline:  # a worker accepts it asynchronously
-                time.sleep(0.01)
-                owner = self.server.worker_serving(conn.sock)
-            if owner is not None and (wanted is None or owner in wanted):
-                return owner, conn
-            conn.close()
-        raise AssertionError(f"no connection reached a worker in {wanted} after {MAX_CONNECT_TRIES} tries")
+        return self.server.connection_to_worker(wanted)
 
     def connection_per_worker(self) -> dict[int, http.client.HTTPConnection]:
         """One keep-alive connection to each current worker."""
@@ -183,16 +149,6 @@ def get(conn: http.client.HTTPConnection, path: str, headers: Mapping[str, str] 
     return response.status
 
 
-@pytest.fixture
-def pg_database_url() -> Iterator[str]:
-    """A fresh PostgreSQL database of this test alone, migrated to head; dropped afterwards."""
-    name = create_pg_database("photo_api_metrics")
-    url = pg_url_for(name)
-    migrate.upgrade(url)
-    yield url
-    drop_pg_database(name)
-
-
 StartInstance = Callable[..., Instance]
 
 
@@ -203,29 +159,22 @@ def start_instance(pg_database_url: str, tmp_path: Path) -> Iterator[StartInstan
     Each has a free METRICS_PORT and an explicit PROMETHEUS_MULTIPROC_DIR under tmp_path (so that tests
     can look at the files of each worker), unless `env` says otherwise.
     """
-    servers: list[ServeProcess] = []
+    with Servers(tmp_path) as servers:
 
-    def start(env: Mapping[str, Any] | None = None, *, workers: int = 2) -> Instance:
-        n = len(servers)
-        metrics_port = free_port()
-        values = {
-            "ENVIRONMENT": "production",
-            "DATABASE_URL": pg_database_url,
-            "JWT_SECRET_KEY": TEST_SECRET,
-            "LOCAL_STORAGE_DIR": str(tmp_path / "storage"),
-            "INSTANCE_IP": INSTANCE_NAME,
-            "METRICS_PORT": str(metrics_port),
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"prom-{n}"),
-            **FAST_LIFECYCLE,
-            **(env or {}),
-        }
-        environment = {k: str(v) for k, v in values.items() if v is not None}
-        server = ServeProcess(environment, cwd=tmp_path, log_dir=tmp_path / f"serve-{n}", workers=workers)
-        servers.append(server)
-        server.start()
-        directory = Path(environment.get("PROMETHEUS_MULTIPROC_DIR", ""))
-        return Instance(server, int(environment["METRICS_PORT"]), directory)
+        def start(env: Mapping[str, Any] | None = None, *, workers: int = 2) -> Instance:
+            environment = production_env(
+                pg_database_url,
+                tmp_path / "storage",
+                lifecycle=FAST_LIFECYCLE,
+                metrics_port=free_port(),
+                metrics_dir=tmp_path / f"prom-{len(servers.started)}",
+                overrides={
+                    "INSTANCE_IP": INSTANCE_NAME,
+                    **{name: None if value is None else str(value) for name, value in (env or {}).items()},
+                },
+            )
+            server = servers.start(environment, workers=workers)
+            directory = Path(environment.get("PROMETHEUS_MULTIPROC_DIR", ""))
+            return Instance(server, int(environment["METRICS_PORT"]), directory)
 
-    yield start
-    for server in servers:
-        server.close()
+        yield start

@@ -20,7 +20,7 @@ import requests
 
 from photo_api.config import load_settings
 from photo_api.metrics import AUTO_DIR_PREFIX, default_multiproc_dir
-from tests.e2e.server import ServeError, ServeProcess, free_port, pid_alive
+from tests.harness.server import ServeError, ServeProcess, free_port, pid_alive
 from tests.metrics.conftest import HTTP_TIMEOUT_S, INSTANCE_NAME, Instance, StartInstance, file_value, get
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from photo_api import create_app, metrics
 from photo_api.config import Settings
 from photo_api.errors import PayloadTooLarge
-from tests.conftest import Users
+from tests.harness.users import Users
 from tests.metrics.conftest import Scrape, parse
 
 # About 20 ms on either database: slower than the 1 ms threshold set below, whatever the machine.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.server import free_port
+from tests.harness.server import free_port
 from tests.metrics.conftest import INSTANCE_NAME, Scrape, StartInstance, debian_tool, get, scrape
 
 pytestmark = pytest.mark.slow

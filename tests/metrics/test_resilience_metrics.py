@@ -28,7 +28,7 @@ from photo_api import metrics
 from photo_api.config import load_settings
 from photo_api.resilience import DependencyUnavailable, Policy, Resilient, raise_for_transient
 from tests import python_child
-from tests.conftest import TEST_SECRET
+from tests.harness.env import TEST_SECRET
 from tests.metrics.conftest import parse
 
 FAILURE_THRESHOLD = 3

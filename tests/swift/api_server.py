@@ -1,5 +1,5 @@
-"""`photo-api serve` on a real Swift reached through a fault proxy: its environment, a user, and clients
-pinned to one gunicorn worker.
+"""`photo-api serve` on a real Swift reached through a fault proxy: URLs through the proxy, uploads, and
+clients pinned to one gunicorn worker (the environment and users come from tests/harness/).
 
 Breakers and bulkheads live in each worker, so a test about them must know which worker answered:
 `pin_workers` opens keep-alive connections until every worker holds one. Shared by
@@ -11,25 +11,16 @@ from __future__ import annotations
 import http.client
 import json
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from tests.e2e.server import ServeProcess, free_port
+from tests.harness.server import ServeProcess
 
-PASSWORD = "correct horse battery"
 HTTP_TIMEOUT_S = 30
-# The cheapest argon2 cost production accepts (config.MIN_PRODUCTION_HASH_*): registrations stay quick.
-PRODUCTION_HASH_FLOOR = {
-    "PASSWORD_HASH_TIME_COST": "2",
-    "PASSWORD_HASH_MEMORY_KIB": "19456",
-    "PASSWORD_HASH_PARALLELISM": "1",
-}
 # Connections opened at most to find every worker (the kernel hands each to whichever worker accepts first).
 PIN_ATTEMPTS = 200
 
@@ -38,53 +29,6 @@ def through(url: str, proxy_url: str) -> str:
     """`url` with its scheme, host and port replaced by the proxy's: the same path, reached via the proxy."""
     parts = urlsplit(url)
     return proxy_url.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def swift_settings(
-    *, auth_url: str, storage_url: str, user: str, key: str, container: str, temp_url_key: str
-) -> dict[str, str]:
-    """STORAGE_BACKEND=swift with tempauth (v1) credentials.
-
-    Give `auth_url` and `storage_url` as the proxy's addresses: tempauth answers with Swift's own storage
-    URL, so NHN_STORAGE_URL must override it for object calls to pass the proxy too.
-    """
-    return {
-        "STORAGE_BACKEND": "swift",
-        "NHN_STORAGE_AUTH_VERSION": "1",
-        "NHN_STORAGE_AUTH_URL": auth_url,
-        "NHN_STORAGE_URL": storage_url,
-        "NHN_STORAGE_IAM_USER": user,
-        "NHN_STORAGE_IAM_PASSWORD": key,
-        "NHN_STORAGE_CONTAINER": container,
-        "NHN_STORAGE_TEMP_URL_KEY": temp_url_key,
-    }
-
-
-def production_env(database_url: str, work: Path, **overrides: str) -> dict[str, str]:
-    """Production settings on `database_url` with metrics files under `work`, plus `overrides`."""
-    env = {
-        "ENVIRONMENT": "production",
-        "DATABASE_URL": database_url,
-        "JWT_SECRET_KEY": "e2e-swift-secret-0123456789-abcdefghijklmnopqrstuvwxyz",
-        **PRODUCTION_HASH_FLOOR,
-        "LOG_LEVEL": "WARNING",
-        # A port of its own: other instances (other test runs) may hold the default one.
-        "METRICS_PORT": str(free_port()),
-        "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
-    }
-    env.update(overrides)
-    return env
-
-
-def register(server: ServeProcess) -> dict[str, str]:
-    """Register a fresh user and return its Authorization header."""
-    name = f"u{uuid.uuid4().hex[:10]}"
-    creds = {"email": f"{name}@example.com", "username": name, "password": PASSWORD}
-    r = requests.post(server.url("/auth/register"), json=creds, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 201, r.text
-    r = requests.post(server.url("/auth/login"), json=creds, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def upload(server: ServeProcess, headers: Mapping[str, str], data: bytes, filename: str = "photo.png") -> Any:

@@ -27,7 +27,9 @@ import requests
 
 from photo_api.resilience import Bulkhead, Policy
 from photo_api.storage import SwiftStorage
-from tests.faultproxy import FaultProxy
+from tests.harness.ci import unavailable
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.server import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 SAIO_SCRIPT = REPO / "ops" / "swift-saio.sh"
@@ -100,21 +102,6 @@ class Swift:
         return [(m[2], unquote(m[3]).split("?")[0], int(m[4])) for m in _ACCESS_LINE.finditer(text) if m[1] != "-"]
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
-    try:
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"Swift is required in CI: {message}")
-    pytest.skip(f"Swift unavailable: {message}")
-
-
 def _parse_exports(stdout: str) -> dict[str, str]:
     values = {}
     for line in stdout.splitlines():
@@ -128,7 +115,7 @@ def _parse_exports(stdout: str) -> dict[str, str]:
 def swift(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swift]:
     """Start Swift for the session (skip locally, fail in CI when impossible); stop it afterwards."""
     directory = tmp_path_factory.mktemp("swift-saio")
-    proxy, obj, container, account, memcached = _free_ports(5)
+    proxy, obj, container, account, memcached = free_ports(5)
     env = {
         **os.environ,
         "SWIFT_SAIO_PROXY_PORT": str(proxy),
@@ -149,10 +136,10 @@ def swift(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swift]:
                 timeout=START_TIMEOUT_S,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            _unavailable(f"{SAIO_SCRIPT.name} start failed: {exc}")
+            unavailable(f"Swift: {SAIO_SCRIPT.name} start failed: {exc}")
         if result.returncode != 0:
             tail = "\n".join(result.stderr.splitlines()[-15:])
-            _unavailable(f"{SAIO_SCRIPT.name} start exited {result.returncode}:\n{tail}")
+            unavailable(f"Swift: {SAIO_SCRIPT.name} start exited {result.returncode}:\n{tail}")
         values = _parse_exports(result.stdout)
         print(f"\nSwift started in {time.monotonic() - started:.1f}s at {values.get('SWIFT_PROXY_URL')}")
         yield Swift(

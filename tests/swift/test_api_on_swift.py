@@ -23,22 +23,13 @@ from functools import partial
 import pytest
 import requests
 
-from photo_api import migrate
-from tests.conftest import create_pg_database, drop_pg_database, pg_url_for
-from tests.e2e.server import ServeProcess
-from tests.faultproxy import Fault, FaultProxy
+from tests.harness.databases import pg_database
+from tests.harness.env import production_env, swift_settings
+from tests.harness.faultproxy import Fault, FaultProxy
+from tests.harness.server import ServeProcess, free_port
+from tests.harness.users import Users
 from tests.images import jpeg, png
-from tests.swift.api_server import (
-    HTTP_TIMEOUT_S,
-    Answer,
-    WorkerClient,
-    pin_workers,
-    production_env,
-    register,
-    serves,
-    swift_settings,
-    through,
-)
+from tests.swift.api_server import HTTP_TIMEOUT_S, Answer, WorkerClient, pin_workers, serves, through
 from tests.swift.api_server import upload as upload_photo
 from tests.swift.conftest import Swift
 
@@ -96,24 +87,28 @@ class Api:
 def api(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A database, a fault proxy in front of Swift and `photo-api serve` on both, for this module."""
     work = tmp_path_factory.mktemp("api-on-swift")
-    name = create_pg_database("photo_api_swift_e2e")
-    try:
-        url = pg_url_for(name)
-        migrate.upgrade(url)
-        with FaultProxy(swift.address) as proxy:
-            storage = swift_settings(
-                auth_url=through(swift.auth_url, proxy.url),
-                storage_url=through(swift.storage_url, proxy.url),
-                user=swift.user,
-                key=swift.key,
-                container=container,
-                temp_url_key=swift.temp_url_key,
-            )
-            env = production_env(url, work, **storage, **STORAGE_SETTINGS)
-            with ServeProcess(env, cwd=work, log_dir=work / "serve", workers=WORKERS) as server:
-                yield Api(server, proxy, swift, container)
-    finally:
-        drop_pg_database(name)
+    with pg_database("photo_api_swift_e2e") as url, FaultProxy(swift.address) as proxy:
+        storage = swift_settings(
+            auth_url=through(swift.auth_url, proxy.url),
+            storage_url=through(swift.storage_url, proxy.url),
+            user=swift.user,
+            key=swift.key,
+            container=container,
+            temp_url_key=swift.temp_url_key,
+        )
+        env = production_env(
+            url,
+            None,
+            swift=storage,
+            cheap_hashing=True,
+            log_level="WARNING",
+            # A port of its own: other instances (other test runs) may hold the default one.
+            metrics_port=free_port(),
+            metrics_dir=work / "prometheus",
+            overrides=STORAGE_SETTINGS,
+        )
+        with ServeProcess(env, cwd=work, log_dir=work / "serve", workers=WORKERS) as server:
+            yield Api(server, proxy, swift, container)
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +121,8 @@ def passing(api: Api) -> Iterator[None]:
 
 @pytest.fixture
 def user(api: Api) -> dict[str, str]:
-    return register(api.server)
+    headers: dict[str, str] = Users.at(api.server.url(), timeout=HTTP_TIMEOUT_S).create()["headers"]
+    return headers
 
 
 @pytest.fixture

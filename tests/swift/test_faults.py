@@ -18,7 +18,7 @@ import pytest
 from photo_api.resilience import Bulkhead
 from photo_api.storage import ObjectNotFound, StorageError, StorageUnavailable, SwiftStorage
 from tests import python_child
-from tests.faultproxy import Fault, FaultProxy
+from tests.harness.faultproxy import Fault, FaultProxy
 from tests.storage_contract import GeneratedStream, pseudo_random_chunks
 from tests.swift.conftest import Clock, MakeStorage, Recorder, Swift, fast_policy
 from tests.swift.keystone_double import QuietHTTPServer

@@ -17,7 +17,7 @@ import pytest
 from photo_api.storage import ObjectNotFound, StorageUnavailable, SwiftStorage
 from photo_api.storage.keystone import REFRESH_MARGIN_FRACTION
 from tests import python_child
-from tests.faultproxy import Fault, FaultProxy
+from tests.harness.faultproxy import Fault, FaultProxy
 from tests.swift.conftest import Clock, MakeStorage, Swift, fast_policy
 from tests.swift.keystone_double import KeystoneDouble
 

@@ -11,7 +11,7 @@ from photo_api.config import load_settings
 from photo_api.resilience import Bulkhead, Policies
 from photo_api.runtime import Runtime, swift_storage_options
 from photo_api.storage import SwiftStorage
-from tests.conftest import TEST_SECRET
+from tests.harness.env import TEST_SECRET
 
 SWIFT_ENV = {
     "STORAGE_BACKEND": "swift",

@@ -1,14 +1,16 @@
-"""Run `photo-api serve` as a real process (gunicorn master + gevent workers) for end-to-end tests.
+"""Run `photo-api serve` as a real process (gunicorn master + gevent workers) for tests and benchmarks.
 
 `ServeProcess` starts the console script on a free loopback port in its own process group, with a
 clean environment (nothing leaks in from the developer's shell), stdout and stderr captured to files.
 It waits until `/health/liveness` answers, and always kills whatever is left of the group on `close()`,
-so a failing test never leaves a gunicorn behind.
+so a failing test never leaves a gunicorn behind. `Servers` starts several and closes them all.
+The console script is this virtualenv's unless `script=` names another (a fresh install of the wheel).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -27,6 +29,13 @@ STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
+# Which worker accepts a new connection is up to the kernel; a new worker accepts once its app is loaded.
+CONNECT_TO_WORKER_S = 15.0
+# How long a connection may wait to be accepted by some worker before it is tried again.
+ACCEPT_WAIT_S = 1.0
+ACCEPT_POLL_S = 0.01
+RECONNECT_PAUSE_S = 0.02
+CONNECTION_TIMEOUT_S = 5.0
 # Variables a child process needs to run at all; everything else comes from the test, explicitly.
 _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 
@@ -49,9 +58,16 @@ def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` different TCP ports nobody listens on right now (all held at once, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def _stat(pid: int | str) -> tuple[str, int] | None:
@@ -211,6 +227,26 @@ class ServeProcess:
         inode = _tcp_inode(self.port, client.getsockname()[1])
         return None if inode is None else pid_holding_socket(self.worker_pids(), inode)
 
+    def connection_to_worker(
+        self, wanted: set[int] | None = None, timeout: float = CONNECT_TO_WORKER_S
+    ) -> tuple[int, http.client.HTTPConnection]:
+        """A new keep-alive connection and the pid of the worker that accepted it (one of `wanted`, if given)."""
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=CONNECTION_TIMEOUT_S)
+            conn.connect()
+            assert conn.sock is not None
+            owner = self.worker_serving(conn.sock)
+            deadline = time.monotonic() + ACCEPT_WAIT_S
+            while owner is None and time.monotonic() < deadline:  # a worker accepts it asynchronously
+                time.sleep(ACCEPT_POLL_S)
+                owner = self.worker_serving(conn.sock)
+            if owner is not None and (wanted is None or owner in wanted):
+                return owner, conn
+            conn.close()
+            time.sleep(RECONNECT_PAUSE_S)
+        raise ServeError(f"no connection reached a worker in {wanted} within {timeout:g}s{self.log_tail()}")
+
     def signal(self, sig: signal.Signals) -> None:
         """Send `sig` to the master only, without waiting."""
         os.kill(self.master_pid, sig)
@@ -279,3 +315,44 @@ class ServeProcess:
             return requests.get(self.url("/health/liveness"), timeout=1).status_code == 200
         except requests.RequestException:
             return False
+
+
+class Servers:
+    """Starts `photo-api serve` instances under one work directory and kills all of them on close()."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.started: list[ServeProcess] = []
+
+    def start(
+        self,
+        env: Mapping[str, str],
+        *,
+        workers: int = 1,
+        cwd: Path | None = None,
+        name: str | None = None,
+        port: int | None = None,
+    ) -> ServeProcess:
+        """Start one instance (logs in `work/<name>`, default `serve-<n>`) and return it once it is live."""
+        server = ServeProcess(
+            env,
+            cwd=cwd or self.work,
+            log_dir=self.work / (name or f"serve-{len(self.started)}"),
+            workers=workers,
+            port=port,
+        )
+        self.started.append(server)
+        return server.start()
+
+    def close(self) -> None:
+        """Kill every instance started here (idempotent)."""
+        for server in self.started:
+            server.close()
+
+    def __enter__(self) -> Servers:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

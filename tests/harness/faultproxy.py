@@ -1,4 +1,5 @@
-"""A fault-injecting TCP proxy on loopback, switchable while a test runs.
+"""A fault-injecting TCP proxy on loopback, switchable while a test runs: in front of Swift, a Keystone
+double, or the shared PostgreSQL (which serves other tests and must not be stopped).
 
     with FaultProxy(("127.0.0.1", upstream_port)) as proxy:
         client_talks_to(proxy.url)
@@ -6,12 +7,21 @@
         proxy.set(Fault.blackhole())                # accept, swallow the request, never answer
         proxy.connections                           # how many connections it accepted so far
 
-Faults: `pass_through` forwards bytes; `latency(ms)` delays every forwarded read by `ms` (looked up live,
-so it also slows keep-alive connections opened before the switch); `reset` closes a new connection
-with a TCP RST; `blackhole` accepts and never answers; `http_error(status)` reads one HTTP request head
-and answers it with `status` and `Connection: close`. A `count` limits a fault to that many new
-connections, after which the proxy passes again. Switching to reset/blackhole/http_error also drops
+Faults for new connections: `pass_through` forwards bytes; `latency(ms)` delays every forwarded read by
+`ms` (looked up live, so it also slows keep-alive connections opened before the switch); `reset` closes a
+new connection with a TCP RST; `blackhole` accepts and never answers; `http_error(status)` reads one HTTP
+request head and answers it with `status` and `Connection: close`. A `count` limits a fault to that many
+new connections, after which the proxy passes again. Switching to reset/blackhole/http_error also drops
 the live connections (RST), so a client's pooled keep-alive connections meet the new fault too.
+
+Two faults stand for an unreachable host and last until the next switch:
+- `refuse`: the port is closed (a connect gets ECONNREFUSED) and live connections are closed, as when
+  the database host is down;
+- `partition`: the port accepts and nothing ever comes back, and live connections go silent both ways
+  without being closed, as when a firewall or a dead network path drops every packet. This is the case
+  a pool of connections must survive: a connection that stops answering. When the proxy forwards
+  again the silent connections resume (what a healed network does) and those accepted meanwhile,
+  which never reached the upstream, are closed.
 
 One thread per connection, at most `max_connections` at once (more are reset and counted as refused);
 `stop()` resets everything, joins the threads and returns within about a second.
@@ -30,7 +40,9 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Literal, Self
 
-FaultKind = Literal["pass", "latency", "reset", "blackhole", "http_error"]
+FaultKind = Literal["pass", "latency", "reset", "blackhole", "http_error", "refuse", "partition"]
+# Faults under which bytes still flow: switching to one keeps the live connections.
+FORWARDING: tuple[FaultKind, ...] = ("pass", "latency")
 BUFFER_SIZE = 64 * 1024
 # How often blocked loops look at the stop flag.
 POLL_INTERVAL_S = 0.05
@@ -40,6 +52,7 @@ MAX_REQUEST_HEAD = 64 * 1024
 REQUEST_HEAD_TIMEOUT_S = 5.0
 DRAIN_AFTER_RESPONSE_S = 1.0
 JOIN_TIMEOUT_S = 2.0
+LISTEN_BACKLOG = 128
 REASONS = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
@@ -78,13 +91,25 @@ class Fault:
         """Answer the first request of new connections with `status` (and Retry-After if given)."""
         return cls("http_error", status=status, retry_after=retry_after, count=count)
 
+    @classmethod
+    def refuse(cls) -> Fault:
+        """Close the port (connects are refused) and the live connections: the host is down."""
+        return cls("refuse")
+
+    @classmethod
+    def partition(cls) -> Fault:
+        """Accept and never answer; live connections go silent without closing: the network path is dead."""
+        return cls("partition")
+
 
 class _Connection:
     """One accepted client socket and, when forwarding, its upstream socket."""
 
-    def __init__(self, client: socket.socket) -> None:
+    def __init__(self, client: socket.socket, *, silenced: bool = False) -> None:
         self.client = client
         self.upstream: socket.socket | None = None
+        # Accepted during a partition: it never reaches the upstream, and is closed when the partition ends.
+        self.silenced = silenced
         self.closed = threading.Event()
 
     def close(self, *, rst: bool) -> None:
@@ -111,14 +136,14 @@ class FaultProxy:
         self._live: set[_Connection] = set()
         self._threads: set[threading.Thread] = set()
         self._stop = threading.Event()
+        self._started = False
         self._accepted = 0
         self._refused = 0
-        self._listener = socket.create_server((host, 0))
-        self._listener.settimeout(POLL_INTERVAL_S)
+        self._acceptor: threading.Thread | None = None
+        self._listener: socket.socket | None = self._listen(host, 0)
         self.host, self.port = self._listener.getsockname()[:2]
-        self._acceptor = threading.Thread(target=self._accept_loop, name=f"faultproxy-{self.port}", daemon=True)
 
-    # ------------------------------------------------------------------ control
+    # -- control --------------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
@@ -150,35 +175,53 @@ class FaultProxy:
             return self._fault
 
     def set(self, fault: Fault, *, drop_existing: bool | None = None) -> None:
-        """Switch the fault; by default live connections are dropped unless the new fault forwards bytes."""
+        """Switch the fault.
+
+        Live connections are reset unless the new fault forwards bytes (or `drop_existing` says otherwise);
+        `refuse` closes them, `partition` silences them. Leaving a partition lets the silenced connections
+        resume and closes those accepted during it; leaving `refuse` opens the port again.
+        """
         with self._lock:
-            self._fault = fault
+            previous, self._fault = self._fault, fault
             self._latency_s = fault.latency_ms / 1000 if fault.kind == "latency" else 0.0
-        if drop_existing if drop_existing is not None else fault.kind not in ("pass", "latency"):
-            self.drop_connections()
+            live = list(self._live)
+        if fault.kind == "refuse":
+            self._close_listener()
+        elif previous.kind == "refuse":
+            self._reopen_listener()
+        if previous.kind == "partition" and fault.kind != "partition":
+            for conn in live:
+                if conn.silenced:
+                    conn.close(rst=False)
+        if drop_existing is None:
+            drop_existing = fault.kind not in (*FORWARDING, "partition")
+        if drop_existing:
+            self.drop_connections(rst=fault.kind != "refuse")
 
     def pass_through(self) -> None:
         """Forward everything again (live connections are kept)."""
         self.set(Fault.pass_through())
 
-    def drop_connections(self) -> None:
-        """Reset every live connection."""
+    def drop_connections(self, *, rst: bool = True) -> None:
+        """Close every live connection, with a reset unless `rst` is False."""
         with self._lock:
             live = list(self._live)
         for conn in live:
-            conn.close(rst=True)
+            conn.close(rst=rst)
 
     def start(self) -> Self:
         """Start accepting."""
-        self._acceptor.start()
+        with self._lock:
+            self._started = True
+            listener = self._listener
+        if listener is not None:
+            self._start_acceptor(listener)
         return self
 
     def stop(self) -> None:
         """Stop accepting, reset every connection and join the threads."""
         self._stop.set()
-        self._acceptor.join(JOIN_TIMEOUT_S)
-        with contextlib.suppress(OSError):
-            self._listener.close()
+        self._close_listener()
         self.drop_connections()
         with self._lock:
             threads = list(self._threads)
@@ -193,7 +236,45 @@ class FaultProxy:
     ) -> None:
         self.stop()
 
-    # ------------------------------------------------------------------ workers
+    # -- the listening port ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _listen(host: str, port: int) -> socket.socket:
+        # SO_REUSEADDR (create_server sets it): the port is opened again after `refuse`, with the closed
+        # connections of before still in TIME_WAIT.
+        listener = socket.create_server((host, port), backlog=LISTEN_BACKLOG)
+        listener.settimeout(POLL_INTERVAL_S)
+        return listener
+
+    def _start_acceptor(self, listener: socket.socket) -> None:
+        acceptor = threading.Thread(
+            target=self._accept_loop, args=(listener,), name=f"faultproxy-{self.port}", daemon=True
+        )
+        with self._lock:
+            self._acceptor = acceptor
+        acceptor.start()
+
+    def _close_listener(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            acceptor, self._acceptor = self._acceptor, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.close()
+        if acceptor is not None:
+            acceptor.join(JOIN_TIMEOUT_S)
+
+    def _reopen_listener(self) -> None:
+        if self._stop.is_set():
+            return
+        listener = self._listen(self.host, self.port)
+        with self._lock:
+            self._listener = listener
+            started = self._started
+        if started:
+            self._start_acceptor(listener)
+
+    # -- workers --------------------------------------------------------------------------------------
 
     def _next_fault(self) -> Fault:
         """The fault for one new connection, counting down a limited fault."""
@@ -204,13 +285,13 @@ class FaultProxy:
                 self._fault = Fault() if left <= 0 else replace(fault, count=left)
             return fault
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError:  # the listener was closed: `refuse` or `stop`
                 return
             with self._lock:
                 self._accepted += 1
@@ -221,12 +302,13 @@ class FaultProxy:
                 _close_rst(client)
                 continue
             fault = self._next_fault()
-            if fault.kind == "reset":
+            if fault.kind in ("reset", "refuse"):  # `refuse`: accepted just before the port closed
                 _close_rst(client)
                 continue
-            conn = _Connection(client)
-            handlers: dict[str, Callable[[_Connection, Fault], None]] = {
+            conn = _Connection(client, silenced=fault.kind == "partition")
+            handlers: dict[FaultKind, Callable[[_Connection, Fault], None]] = {
                 "blackhole": self._blackhole,
+                "partition": self._blackhole,
                 "http_error": self._http_error,
             }
             target = handlers.get(fault.kind, self._forward)
@@ -239,7 +321,7 @@ class FaultProxy:
     def _run(self, target: Callable[[_Connection, Fault], None], conn: _Connection, fault: Fault) -> None:
         try:
             target(conn, fault)
-        except OSError:
+        except (OSError, ValueError):  # a socket closed under our feet by set() or stop()
             pass
         finally:
             conn.close(rst=False)
@@ -249,6 +331,10 @@ class FaultProxy:
 
     def _running(self, conn: _Connection) -> bool:
         return not (self._stop.is_set() or conn.closed.is_set())
+
+    def _partitioned(self) -> bool:
+        with self._lock:
+            return self._fault.kind == "partition"
 
     def _blackhole(self, conn: _Connection, fault: Fault) -> None:
         conn.client.settimeout(POLL_INTERVAL_S)
@@ -302,6 +388,9 @@ class FaultProxy:
             _set_rst(conn.client)
             return
         conn.upstream = upstream
+        if conn.closed.is_set():  # dropped while it connected
+            conn.close(rst=True)
+            return
         peers = {conn.client: upstream, upstream: conn.client}
         for sock in peers:
             sock.settimeout(UPSTREAM_CONNECT_TIMEOUT_S)  # bounds sendall to a peer that stopped reading
@@ -310,6 +399,9 @@ class FaultProxy:
             for sock in peers:
                 selector.register(sock, selectors.EVENT_READ)
             while open_sides and self._running(conn):
+                if self._partitioned():
+                    conn.closed.wait(POLL_INTERVAL_S)  # silent: read nothing, send nothing
+                    continue
                 for key, _ in selector.select(POLL_INTERVAL_S):
                     source: socket.socket = key.fileobj  # type: ignore[assignment]
                     data = source.recv(BUFFER_SIZE)
