@@ -11,7 +11,7 @@ import sys
 import click
 
 from . import metrics, migrate
-from .config import ConfigError, Settings, development_defaults, load_settings
+from .config import ConfigError, Settings, bootstrap_development, development_defaults, load_settings
 
 
 def _settings_or_exit() -> Settings:
@@ -94,7 +94,9 @@ def db_current() -> None:
 @click.option("--workers", type=click.IntRange(1, 256), help="gevent worker processes (default: WORKERS setting)")
 def serve(bind: str | None, workers: int | None) -> None:
     """Run gunicorn with gevent workers and the packaged configuration (replaces this process)."""
-    settings = development_defaults(_settings_or_exit())
+    # The embedded default is set up here (./var: the SQLite file, local storage, a kept JWT secret) and
+    # handed to gunicorn through the environment: the application factory itself creates nothing.
+    settings = bootstrap_development(_settings_or_exit(), os.environ)
     if not settings.is_production and settings.is_sqlite:
         # The embedded default: a newcomer's one command must give a working database.
         assert settings.database_url
@@ -127,9 +129,9 @@ def reap_uploads(batch: int) -> None:
     deletions_failed (still failing; retried by a later run with backoff). Exits 1 only when the run broke off.
     """
     # Imported here: the other commands need neither the database engine nor the storage backend.
+    from .app import build_database, build_storage
     from .logs import JsonFormatter
     from .models import utcnow
-    from .runtime import Runtime
     from .services import uploads
 
     settings = development_defaults(_settings_or_exit())
@@ -137,14 +139,14 @@ def reap_uploads(batch: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter({"service": settings.app_name, "command": "reap-uploads"}))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
-    runtime = Runtime.build(settings)
-    session = runtime.db.session()
+    db = build_database(settings)
+    session = db.session()
     try:
-        result = uploads.reap(session, runtime.storage, now=utcnow(), batch=batch)
+        result = uploads.reap(session, build_storage(settings), now=utcnow(), batch=batch)
     except Exception:
         logging.getLogger("photo_api.cli").exception("reap-uploads failed")
         sys.exit(1)
     finally:
         session.close()
-        runtime.db.dispose()
+        db.dispose()
     click.echo(json.dumps(dataclasses.asdict(result)))

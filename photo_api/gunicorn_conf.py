@@ -87,6 +87,7 @@ LOG_FLUSH_ON_EXIT_S = 5.0
 
 def post_worker_init(worker: Any) -> None:
     """Worker, app loaded, not accepting yet: probe readiness once, and register what it closes on its way out."""
+    from photo_api.api.context import collaborators_of
     from photo_api.api.health import readiness_report
 
     try:
@@ -95,12 +96,12 @@ def post_worker_init(worker: Any) -> None:
         readiness_report(worker.wsgi)
     except Exception:
         worker.log.exception("boot readiness probe failed")
-    runtime = worker.wsgi.extensions["photo_api"]
-    shipper = runtime.log_shipper
+    app = collaborators_of(worker.wsgi)
+    shipper = app.log_shipper
     if shipper is not None:
         # First, so that the lines the other hooks log still reach Log & Crash; bounded (TimeoutStopSec budget).
         lifecycle.worker_shutdown.add("log queue", lambda: shipper.close(timeout=LOG_FLUSH_ON_EXIT_S))
-    lifecycle.worker_shutdown.add("database pool", runtime.db.dispose)
+    lifecycle.worker_shutdown.add("database pool", app.db.dispose)
 
 
 def pre_request(worker: Any, req: Any) -> None:

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
 from photo_api import create_app
+from photo_api.api.context import collaborators_of
 from photo_api.config import Settings, load_settings
 from photo_api.db import driver_url
 from photo_api.models import Base
@@ -96,7 +97,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 def app(settings: Settings) -> Iterator[Flask]:
     application = create_app(settings)
     yield application
-    application.extensions["photo_api"].db.dispose()
+    collaborators_of(application).db.dispose()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from flask import Flask
 from sqlalchemy import Engine, func, select
 from werkzeug.test import TestResponse
 
+from photo_api.api.context import collaborators_of
 from photo_api.models import User
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
@@ -39,7 +40,7 @@ def error_fields(body: dict[str, Any]) -> set[str]:
 
 def engine_of(app: Flask) -> Engine:
     """The app's engine, for reading and changing rows behind the API's back."""
-    engine: Engine = app.extensions["photo_api"].db.engine
+    engine: Engine = collaborators_of(app).db.engine
     return engine
 
 

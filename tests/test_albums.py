@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Executable, event, func, select
 from werkzeug.test import TestResponse
 
+from photo_api.api.context import collaborators_of
 from photo_api.models import AlbumPhoto, Photo, PhotoStatus, ShareLink
 from tests.harness.users import Users
 from tests.http_checks import assert_problem, engine_of, error_fields
@@ -28,7 +29,7 @@ def insert_photo(
     """Store a PNG and insert its photo row directly (not through the upload route); return the photo id."""
     data = png() if data is None else data
     key = f"u/{owner_id}/{uuid.uuid4().hex}.png"
-    stored = app.extensions["photo_api"].storage.put(key, io.BytesIO(data), content_type="image/png")
+    stored = collaborators_of(app).storage.put(key, io.BytesIO(data), content_type="image/png")
     photo = {
         "owner_id": owner_id,
         "filename": key,

@@ -14,6 +14,7 @@ from werkzeug.test import EnvironBuilder, TestResponse, run_wsgi_app
 from werkzeug.wrappers import Request
 
 from photo_api import create_app
+from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from tests.harness.users import Users
 from tests.http_checks import assert_problem, count_users, error_fields
@@ -235,7 +236,7 @@ def test_lone_surrogates_are_422(app: Flask, client: FlaskClient, subtests: pyte
 def small_limit_app(make_settings: Callable[..., Settings]) -> Iterator[Flask]:
     application = create_app(make_settings(max_json_bytes=SMALL_JSON_LIMIT))
     yield application
-    application.extensions["photo_api"].db.dispose()
+    collaborators_of(application).db.dispose()
 
 
 @pytest.mark.parametrize("path", ["/auth/register", "/auth/login"])

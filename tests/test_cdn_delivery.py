@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from photo_api import create_app, metrics
+from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from tests.doubles.nhn_cdn import CdnApiDouble, CdnEdgeDouble
 from tests.harness.users import Users
@@ -113,9 +114,7 @@ def test_api_token_mode_redirects_with_the_apis_token(
     photo = upload(client, user["headers"], png())
     r = client.get(f"/photos/{photo['id']}/image", headers=user["headers"])
     assert r.status_code == 302
-    check_redirect(
-        r.headers["Location"], edge, photo["filename"], app.extensions["photo_api"].settings.image_token_expire_seconds
-    )
+    check_redirect(r.headers["Location"], edge, photo["filename"], collaborators_of(app).limits.image_token_seconds)
     assert api.requests == 1
     assert api.received[0]["singlePath"] == f"/{CONTAINER}/{photo['filename']}"
 

@@ -159,7 +159,12 @@ def test_db_command_refuses_an_invalid_configuration(tmp_path: Path) -> None:
 
 
 def test_flask_cli_finds_the_application_factory(tmp_path: Path) -> None:
-    result = run("flask", "--app", "photo_api", "routes", cwd=tmp_path)
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "JWT_SECRET_KEY": TEST_SECRET,
+        "LOCAL_STORAGE_DIR": str(tmp_path / "storage"),
+    }
+    result = run("flask", "--app", "photo_api", "routes", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for rule in ("/health/liveness", "/auth/register", "/auth/login", "/auth/me"):
         assert rule in result.stdout

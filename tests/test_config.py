@@ -16,6 +16,7 @@ from photo_api.config import (
     ConfigError,
     Service,
     Settings,
+    bootstrap_development,
     development_defaults,
     load_settings,
 )
@@ -290,6 +291,33 @@ def test_create_app_refuses_a_bad_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
         create_app()
     assert {"DB_POOL_SIZE", "JWT_SECRET_KEY", "DATABASE_URL"} <= info.value.settings_named()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_factory_never_sets_up_the_embedded_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # `photo-api serve` creates ./var (database file, storage, the kept secret); the factory only reads.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        create_app(load_settings(environ={}))
+    assert info.value.settings_named() == {"DATABASE_URL", "JWT_SECRET_KEY", "LOCAL_STORAGE_DIR"}
+    assert "photo-api serve" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bootstrap_exports_what_it_filled_in_for_the_processes_serve_starts(tmp_path: Path) -> None:
+    environ: dict[str, str] = {"LOG_LEVEL": "INFO"}
+    explicit = str(tmp_path / "mine")
+    filled = bootstrap_development(load_settings(environ={"LOCAL_STORAGE_DIR": explicit}), environ, tmp_path / "var")
+    assert filled.jwt_secret_key is not None
+    assert environ == {
+        "LOG_LEVEL": "INFO",
+        "DATABASE_URL": filled.database_url,
+        "JWT_SECRET_KEY": filled.jwt_secret_key.get_secret_value(),
+    }  # the storage directory was explicit: not exported again
+    assert load_settings(environ={**environ, "LOCAL_STORAGE_DIR": explicit}) == filled
+    production = load_settings(environ=PRODUCTION)
+    untouched: dict[str, str] = {}
+    assert bootstrap_development(production, untouched, tmp_path / "var2") is production
+    assert untouched == {}
 
 
 def test_development_defaults_create_the_embedded_setup_once(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from photo_api import create_app
+from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from photo_api.models import User
 from photo_api.security import Tokens
@@ -39,7 +40,7 @@ def unreachable_app(make_settings: Callable[..., Settings]) -> Iterator[Flask]:
     """An app whose database refuses connections (nothing listens on port 1)."""
     application = create_app(make_settings(database_url=UNREACHABLE_DB, db_connect_timeout=1))
     yield application
-    application.extensions["photo_api"].db.dispose()
+    collaborators_of(application).db.dispose()
 
 
 def token_for(settings: Settings, user_id: int) -> str:
@@ -207,7 +208,7 @@ def logging_app(make_settings: Callable[..., Settings]) -> Iterator[Callable[[],
 
     yield build
     for application in built:
-        application.extensions["photo_api"].db.dispose()
+        collaborators_of(application).db.dispose()
     root = logging.getLogger()
     for handler in list(root.handlers):  # its stream dies with capfd; the next create_app adds a fresh one
         if getattr(handler, "_photo_api", False):
@@ -269,7 +270,7 @@ def test_access_log_lines_and_no_secrets(logging_app: Callable[[], Flask], capfd
         assert line["timestamp"].endswith("Z")
         assert line["level"] == "INFO"
         assert line["message"]
-        assert line["instance"] == app.extensions["photo_api"].settings.instance_id
+        assert line["instance"] == collaborators_of(app).identity.instance
         assert line["method"] == method
         assert line["endpoint"] == endpoint
         assert line["status"] == status

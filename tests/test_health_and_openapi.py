@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from photo_api import create_app, lifecycle, migrate
+from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from tests.harness.users import Users
 from tests.http_checks import assert_problem
@@ -304,4 +305,4 @@ def test_docs_can_be_disabled(make_settings: Callable[..., Settings]) -> None:
             assert_problem(client.get(path), 404)
         assert client.get("/health/liveness").status_code == 200
     finally:
-        app.extensions["photo_api"].db.dispose()
+        collaborators_of(app).db.dispose()

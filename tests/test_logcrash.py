@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from photo_api import create_app
+from photo_api.api.context import collaborators_of
 from photo_api.clients import build_log_shipper
 from photo_api.clients.logcrash import LogShipper
 from photo_api.config import Settings, load_settings
@@ -460,7 +461,7 @@ def test_a_line_logged_during_a_request_carries_the_requests_fields(
         nhn_log_appkey=APPKEY, nhn_log_url=f"{collector.server.url}/v2/log", log_level="INFO", log_flush_interval=0.05
     )
     app = create_app(settings)
-    runtime = app.extensions["photo_api"]
+    runtime = collaborators_of(app)
     assert runtime.log_shipper is not None
     try:
         r = app.test_client().get("/auth/me", headers={"X-Request-ID": "req-lnc-1"})

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, inspect, text
 
 from photo_api import create_app, migrate
+from photo_api.api.context import collaborators_of
 from photo_api.db import driver_url
 from photo_api.models import Base
 from tests.harness.databases import BACKENDS, pg_database, sqlite_url
@@ -196,7 +197,7 @@ def instance(empty_url: str, make_settings: Callable[..., Any]) -> Iterator[Call
 
     yield build
     for app in apps:
-        app.extensions["photo_api"].db.dispose()
+        collaborators_of(app).db.dispose()
 
 
 def schema_check(client: FlaskClient) -> tuple[int, dict[str, Any]]:

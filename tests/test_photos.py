@@ -21,6 +21,7 @@ from werkzeug.test import EnvironBuilder, TestResponse
 from werkzeug.wrappers import Request
 
 from photo_api import create_app
+from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from photo_api.models import Album, AlbumPhoto, PendingObjectDeletion, Photo, PhotoStatus, utcnow
 from photo_api.storage import CHUNK_SIZE
@@ -173,7 +174,7 @@ def small_app(make_settings: Callable[..., Settings]) -> Iterator[Flask]:
     """An app whose MAX_UPLOAD_BYTES is tiny, to test the limit without big bodies."""
     application = create_app(make_settings(max_upload_bytes=SMALL_LIMIT))
     yield application
-    application.extensions["photo_api"].db.dispose()
+    collaborators_of(application).db.dispose()
 
 
 @pytest.fixture
@@ -532,7 +533,7 @@ def test_upload_memory_stays_far_below_the_file_size(
 
 
 def test_no_database_connection_is_held_while_the_body_streams(client: FlaskClient, owner: dict[str, Any]) -> None:
-    db = client.application.extensions["photo_api"].db
+    db = collaborators_of(client.application).db
     held: list[int] = []
 
     def file_chunks() -> Iterator[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import struct
@@ -19,9 +20,9 @@ from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
 from photo_api import create_app
+from photo_api.api.context import Collaborators, collaborators_of, install
 from photo_api.config import Settings
 from photo_api.models import Album, AlbumPhoto, Photo, PhotoStatus, utcnow
-from photo_api.runtime import Runtime
 from photo_api.services import uploads
 from photo_api.storage import LocalStorage, ObjectNotFound
 from tests.harness.users import Users
@@ -67,9 +68,8 @@ class Clock:
         return self.now
 
 
-def rt(app: Flask) -> Runtime:
-    runtime: Runtime = app.extensions["photo_api"]
-    return runtime
+def rt(app: Flask) -> Collaborators:
+    return collaborators_of(app)
 
 
 def presign(client: FlaskClient, user: dict[str, Any], **fields: Any) -> TestResponse:
@@ -259,7 +259,7 @@ def test_upload_finishing_after_confirm_is_a_conflict(app: Flask, client: FlaskC
                 runtime.storage,
                 owner_id=user["id"],
                 photo_id=body["photo_id"],
-                max_upload_bytes=runtime.settings.max_upload_bytes,
+                max_upload_bytes=runtime.limits.max_upload_bytes,
             )
 
     r = client.put(
@@ -343,7 +343,7 @@ def test_expired_upload_url_is_refused_and_nothing_is_stored(
     clock = Clock(utcnow().timestamp())
     assert settings.local_storage_dir is not None
     storage = LocalStorage(settings.local_storage_dir, signing_key=b"k" * 32, clock=clock)
-    rt(app).storage = storage
+    install(app, dataclasses.replace(rt(app), storage=storage))
     user = users.create()
     body = presign(client, user).get_json()
 

@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from photo_api.config import Settings
 from photo_api.models import PendingObjectDeletion, Photo, utcnow
 from photo_api.services import uploads
 from photo_api.services.uploads import ReapResult
@@ -138,8 +139,7 @@ def test_concurrent_reapers_remove_each_expired_upload_exactly_once(
         assert session.scalars(select(PendingObjectDeletion)).all() == []
 
 
-def cli_env(app: Flask) -> dict[str, str]:
-    settings = rt(app).settings
+def cli_env(settings: Settings) -> dict[str, str]:
     assert settings.database_url is not None
     return clean_environment(
         {
@@ -151,14 +151,16 @@ def cli_env(app: Flask) -> dict[str, str]:
     )
 
 
-def test_cli_prints_a_json_summary(app: Flask, client: FlaskClient, users: Users, tmp_path: Path) -> None:
+def test_cli_prints_a_json_summary(
+    app: Flask, client: FlaskClient, users: Users, settings: Settings, tmp_path: Path
+) -> None:
     (key,) = make_expired_uploads(app, client, users.create(), 1)
     rt(app).storage.put("u/9/orphan.png", io.BytesIO(PNG), content_type="image/png")
     record_deletion(app, "u/9/orphan.png")
 
     result = subprocess.run(
         [console_script("photo-api"), "reap-uploads"],
-        env=cli_env(app),
+        env=cli_env(settings),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -175,15 +177,15 @@ def test_cli_prints_a_json_summary(app: Flask, client: FlaskClient, users: Users
 
 
 def test_cli_reapers_in_parallel_processes_share_the_work(
-    app: Flask, client: FlaskClient, users: Users, tmp_path: Path
+    app: Flask, client: FlaskClient, users: Users, settings: Settings, tmp_path: Path
 ) -> None:
-    if rt(app).settings.is_sqlite:
+    if settings.is_sqlite:
         pytest.skip("several instances share one PostgreSQL; SQLite is single-host development only")
     keys = make_expired_uploads(app, client, users.create(), 20)
     processes = [
         subprocess.Popen(
             [console_script("photo-api"), "reap-uploads", "--batch", "1"],
-            env=cli_env(app),
+            env=cli_env(settings),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

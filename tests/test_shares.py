@@ -17,6 +17,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from photo_api import create_app
+from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from photo_api.models import AlbumPhoto, PhotoStatus, ShareLink
 from tests.harness.users import Users
@@ -62,7 +63,7 @@ def app_with(make_settings: Callable[..., Settings], **overrides: Any) -> Iterat
         client = application.test_client()
         yield application, client, Users(client)
     finally:
-        application.extensions["photo_api"].db.dispose()
+        collaborators_of(application).db.dispose()
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ def test_view_count_counts_each_successful_view(client: FlaskClient, shared: dic
 
 
 def test_concurrent_views_all_count(app: Flask, client: FlaskClient, shared: dict[str, Any]) -> None:
-    if not app.extensions["photo_api"].db.is_postgresql:
+    if not collaborators_of(app).db.is_postgresql:
         pytest.skip("SQLite serialises writers; concurrent increments are a PostgreSQL question")
     token = shared["link"]["token"]
     start = threading.Barrier(CONCURRENT_VIEWS)

@@ -10,8 +10,8 @@ from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 
-from ..runtime import Runtime
-from . import albums, auth, docs, errors, health, photos, shares, uploads
+from . import albums, auth, errors, health, photos, shares, uploads
+from . import docs as docs_api
 from .common import close_db_session
 
 access_log = logging.getLogger("photo_api.access")
@@ -47,8 +47,9 @@ def _finish_request(response: Response) -> Response:
     return response
 
 
-def init_app(app: Flask, runtime: Runtime) -> None:
-    """Register request hooks, blueprints and error handlers."""
+def init_app(app: Flask, *, docs: bool, direct_uploads: bool) -> None:
+    """Register request hooks, blueprints and error handlers; `/openapi.json` and `/docs` when `docs`, the
+    signed `PUT /uploads/...` route when `direct_uploads` (a storage backend whose upload URLs point here)."""
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.teardown_request(close_db_session)
@@ -59,5 +60,7 @@ def init_app(app: Flask, runtime: Runtime) -> None:
     app.register_blueprint(albums.bp)
     app.register_blueprint(shares.bp)
     app.register_blueprint(uploads.bp)
-    if runtime.settings.enable_docs:
-        app.register_blueprint(docs.bp)
+    if direct_uploads:
+        app.add_url_rule(uploads.UPLOAD_RULE, view_func=uploads.receive_upload, methods=["PUT"])
+    if docs:
+        app.register_blueprint(docs_api.bp)

@@ -6,7 +6,8 @@ from flask import Blueprint, Response
 
 from ..errors import Unauthorized
 from ..services import users
-from .common import auth_required, current_user, db_session, json_body, respond, runtime
+from .common import auth_required, current_user, db_session, json_body, respond
+from .context import current_passwords, current_tokens
 from .openapi import doc
 from .schemas import LoginIn, RegisterIn, TokenOut, UserOut
 
@@ -18,7 +19,7 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 def register() -> Response:
     data = json_body(RegisterIn)
     user = users.register(
-        db_session(), runtime().passwords, email=data.email, username=data.username, password=data.password
+        db_session(), current_passwords(), email=data.email, username=data.username, password=data.password
     )
     return respond(UserOut.model_validate(user), 201)
 
@@ -33,12 +34,11 @@ def register() -> Response:
 )
 def login() -> Response:
     data = json_body(LoginIn)
-    rt = runtime()
-    user = users.authenticate(db_session(), rt.passwords, email=data.email, password=data.password)
+    user = users.authenticate(db_session(), current_passwords(), email=data.email, password=data.password)
     if user is None:
         # One answer for unknown e-mail, wrong password and inactive user: no account oracle.
         raise Unauthorized("Incorrect email or password")
-    issued = rt.tokens.issue(user.id)
+    issued = current_tokens().issue(user.id)
     return respond(TokenOut(access_token=issued.access_token, expires_in=issued.expires_in))
 
 

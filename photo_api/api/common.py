@@ -1,4 +1,4 @@
-"""What every route uses: the runtime, the request's DB session, JSON parsing, auth, responses."""
+"""What every route uses: the request's DB session, JSON parsing, auth, public URLs, responses."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Response, current_app, g, request
+from flask import Response, g, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from ..errors import BadRequest, FieldError, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
 from ..models import User
-from ..runtime import Runtime
 from ..security import InvalidToken
 from ..services import users
 from ..services.fields import validation_errors
+from .context import current_db, current_limits, current_tokens
 
 M = TypeVar("M", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,16 +25,10 @@ JSON_TYPES = ("application/json",)
 WEB_SCHEMES = frozenset({"http", "https"})
 
 
-def runtime() -> Runtime:
-    """The process's Runtime, built by create_app."""
-    rt: Runtime = current_app.extensions["photo_api"]
-    return rt
-
-
 def db_session() -> Session:
     """The request's DB session (opened on first use, closed at teardown)."""
     if "db_session" not in g:
-        g.db_session = runtime().db.session()
+        g.db_session = current_db().session()
     session: Session = g.db_session
     return session
 
@@ -92,7 +86,7 @@ def authenticate_request() -> User:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Missing bearer token")
     try:
-        user_id = runtime().tokens.user_id(token.strip())
+        user_id = current_tokens().user_id(token.strip())
     except InvalidToken:
         raise Unauthorized("Invalid or expired token") from None
     user = users.get(db_session(), user_id)
@@ -122,9 +116,9 @@ def public_base_url() -> str:
     and `request.scheme` already carry the values our own proxies appended, never a client's. A scheme
     other than http/https (a proxy passing on garbage) falls back to the one the request arrived with.
     """
-    configured = runtime().settings.public_base_url
+    configured = current_limits().public_base_url
     if configured:
-        return configured.rstrip("/")
+        return configured
     scheme = request.scheme
     if scheme not in WEB_SCHEMES:
         scheme = request.environ.get("werkzeug.proxy_fix.orig", {}).get("wsgi.url_scheme", "http")

@@ -17,6 +17,8 @@ from ..models import Photo
 from ..services import photos
 from ..storage import ObjectNotFound, Storage
 from ..storage import RangeNotSatisfiable as StorageRangeNotSatisfiable
+from .common import db_session
+from .context import current_cdn, current_storage
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +136,13 @@ def deliver_image(
     the image is streamed from storage instead (counted as a fallback). `filename` names the download
     (default: the owner's original file name; a public share passes a neutral one).
     """
-    from .common import db_session, runtime
-
-    rt = runtime()
     # Bulkhead: the row is loaded; give the DB connection back before any network I/O (CDN token call,
     # storage GET), so a slow or blackholed dependency cannot also exhaust the worker's DB pool.
     db_session().close()
-    if rt.cdn is not None:
+    cdn, storage = current_cdn(), current_storage()
+    if cdn is not None:
         try:
-            url = rt.cdn.signed_url(photo.filename, token_seconds)
+            url = cdn.signed_url(photo.filename, token_seconds)
         except CdnUnavailable as exc:
             metrics.fallback("cdn")
             log.warning("CDN unavailable, streaming instead", extra={"reason": exc.reason, "photo_id": photo.id})
@@ -151,10 +151,10 @@ def deliver_image(
             return Response(status=302, headers={"Location": url, "Cache-Control": CDN_REDIRECT_CACHE_CONTROL})
     try:
         response = send_object(
-            rt.storage,
+            storage,
             key=photo.filename,
             content_type=photo.content_type,
-            etag=photos.image_etag(rt.storage, photo),
+            etag=photos.image_etag(storage, photo),
             size=photo.file_size,
             filename=photo.original_filename if filename is None else filename,
             cache_control=cache_control,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from .common import runtime
+from .context import current_identity
 from .openapi import build_spec
 
 bp = Blueprint("docs", __name__)
@@ -22,12 +22,12 @@ DOCS_PAGE = """<!doctype html>
 
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
-    settings = runtime().settings
-    if "openapi_spec" not in current_app.extensions:
-        current_app.extensions["openapi_spec"] = build_spec(current_app, settings.app_name, settings.app_version)
+    if "openapi_spec" not in current_app.extensions:  # built once, on first request: every route exists then
+        identity = current_identity()
+        current_app.extensions["openapi_spec"] = build_spec(current_app, identity.app_name, identity.version)
     return jsonify(current_app.extensions["openapi_spec"])
 
 
 @bp.get("/docs")
 def docs_page() -> Response:
-    return Response(DOCS_PAGE.format(title=runtime().settings.app_name, v=SWAGGER_UI_VERSION), mimetype="text/html")
+    return Response(DOCS_PAGE.format(title=current_identity().app_name, v=SWAGGER_UI_VERSION), mimetype="text/html")

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import AppError, Conflict, RangeNotSatisfiable, ServiceUnavailable, ValidationFailed
 from ..storage import StorageUnavailable
-from .common import runtime
+from .context import current_limits
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _unexpected(exc: Exception) -> Response:
         return _db_unavailable(exc)
     log.exception("unhandled error")
     debug = None
-    if runtime().settings.debug and not runtime().settings.is_production:
+    if current_limits().debug_errors:
         debug = f"{type(exc).__name__}: {exc}"
     return problem(500, "Internal Server Error", "An unexpected error occurred", debug=debug)
 

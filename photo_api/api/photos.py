@@ -14,7 +14,8 @@ from ..images import ALLOWED_IMAGE_TYPES
 from ..services import photos
 from ..services.fields import Description, Title
 from . import multipart
-from .common import auth_required, current_user, db_session, json_body, query_args, respond, runtime
+from .common import auth_required, current_user, db_session, json_body, query_args, respond
+from .context import current_limits, current_storage
 from .delivery import deliver_image
 from .openapi import doc
 from .schemas import Pagination, PhotoOut
@@ -81,10 +82,10 @@ def upload_photo() -> Response:
     # A slow client may take minutes to send the body: hand the DB connection back to the pool meanwhile
     # (it would also hit PostgreSQL's idle-in-transaction timeout); the row step takes a fresh one.
     db_session().close()
-    max_bytes = runtime().settings.max_upload_bytes
+    max_bytes = current_limits().max_upload_bytes
     with metrics.upload_attempt("multipart") as attempt:
         photo = photos.upload_photo(
-            db_session(), runtime().storage, owner_id=owner_id, parts=_upload_parts(max_bytes), max_bytes=max_bytes
+            db_session(), current_storage(), owner_id=owner_id, parts=_upload_parts(max_bytes), max_bytes=max_bytes
         )
         attempt.stored(photo.file_size)
     return respond(PhotoOut.model_validate(photo), 201)
@@ -149,7 +150,7 @@ def update_photo(photo_id: int) -> Response:
 )
 @auth_required
 def delete_photo(photo_id: int) -> Response:
-    photos.delete_photo(db_session(), runtime().storage, owner_id=current_user().id, photo_id=photo_id)
+    photos.delete_photo(db_session(), current_storage(), owner_id=current_user().id, photo_id=photo_id)
     return respond(None, 204)
 
 
@@ -165,4 +166,4 @@ def delete_photo(photo_id: int) -> Response:
 @auth_required
 def photo_image(photo_id: int) -> Response:
     photo = photos.get_photo(db_session(), owner_id=current_user().id, photo_id=photo_id)
-    return deliver_image(photo, token_seconds=runtime().settings.image_token_expire_seconds)
+    return deliver_image(photo, token_seconds=current_limits().image_token_seconds)

@@ -12,7 +12,8 @@ from .. import metrics
 from ..images import ALLOWED_IMAGE_TYPES
 from ..models import ShareLink
 from ..services import shares
-from .common import auth_required, current_user, db_session, json_body, public_base_url, respond, runtime
+from .common import auth_required, current_user, db_session, json_body, public_base_url, respond
+from .context import current_limits
 from .delivery import deliver_image
 from .openapi import doc
 from .schemas import Request, SharedAlbumOut, SharedPhotoOut, ShareLinkOut
@@ -139,7 +140,7 @@ def shared_photo_image(token: str, photo_id: int) -> Response:
     photo = shares.shared_photo(db_session(), token, photo_id)
     return deliver_image(
         photo,
-        token_seconds=runtime().settings.share_image_token_expire_seconds,
+        token_seconds=current_limits().share_image_token_seconds,
         # The public never learns the owner's file name (it may say more than the owner chose to share).
         filename=f"photo-{photo.id}{ALLOWED_IMAGE_TYPES.get(photo.content_type, '')}",
         cache_control=SHARED_IMAGE_CACHE_CONTROL,

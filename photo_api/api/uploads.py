@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, BinaryIO, Literal, Protocol, cast, runtime_checkable
 
 from flask import Blueprint, Response, request
-from flask.sansio.blueprints import BlueprintSetupState
 from pydantic import BaseModel, Field, StringConstraints
 
 from .. import metrics
@@ -13,7 +12,8 @@ from ..errors import Unauthorized
 from ..images import ALLOWED_IMAGE_TYPES
 from ..services import uploads
 from ..services.fields import Description, Title
-from .common import auth_required, current_user, db_session, json_body, public_base_url, respond, runtime
+from .common import auth_required, current_user, db_session, json_body, public_base_url, respond
+from .context import current_limits, current_storage
 from .openapi import doc
 from .schemas import PhotoOut, Request
 
@@ -81,16 +81,16 @@ class UploadVerifier(Protocol):
 @auth_required
 def presign() -> Response:
     data = json_body(PresignIn)
-    rt = runtime()
+    limits = current_limits()
     created = uploads.create_presigned(
         db_session(),
-        rt.storage,
+        current_storage(),
         owner_id=current_user().id,
         filename=data.filename,
         content_type=data.content_type,
         file_size=data.file_size,
-        max_upload_bytes=rt.settings.max_upload_bytes,
-        expires_in=rt.settings.upload_url_expire_seconds,
+        max_upload_bytes=limits.max_upload_bytes,
+        expires_in=limits.upload_url_expire_seconds,
         album_id=data.album_id,
         title=data.title,
         description=data.description,
@@ -122,15 +122,14 @@ def presign() -> Response:
 @auth_required
 def confirm() -> Response:
     data = json_body(ConfirmIn)
-    rt = runtime()
     # A presigned upload is counted when it is confirmed (a repeated confirm counts again).
     with metrics.upload_attempt("presigned") as attempt:
         photo = uploads.confirm(
             db_session(),
-            rt.storage,
+            current_storage(),
             owner_id=current_user().id,
             photo_id=data.photo_id,
-            max_upload_bytes=rt.settings.max_upload_bytes,
+            max_upload_bytes=current_limits().max_upload_bytes,
         )
         attempt.stored(photo.file_size)
     return respond(PhotoOut.model_validate(photo))
@@ -153,27 +152,19 @@ def confirm() -> Response:
     ),
 )
 def receive_upload(key: str) -> Response:
-    rt = runtime()
-    storage = rt.storage
+    storage = current_storage()
     assert isinstance(storage, UploadVerifier), "registered only for backends that verify their own URLs"
+    max_bytes = current_limits().max_upload_bytes
     if not storage.verify_upload(key, request.args.get("expires", ""), request.args.get("signature", "")):
         raise Unauthorized("Upload URL is invalid or has expired")
     # The app-wide limit is the small JSON one; this request may carry a whole image. One byte over the
     # limit, because behind gunicorn (wsgi.input_terminated) Werkzeug answers 413 to any read at its limit,
     # which storage makes after exactly MAX_UPLOAD_BYTES to see whether more follows: storage decides.
-    request.max_content_length = rt.settings.max_upload_bytes + 1
+    request.max_content_length = max_bytes + 1
     obj = uploads.receive_upload(
-        db_session(), storage, key=key, stream=cast(BinaryIO, request.stream), max_bytes=rt.settings.max_upload_bytes
+        db_session(), storage, key=key, stream=cast(BinaryIO, request.stream), max_bytes=max_bytes
     )
     return Response(status=201, headers={"ETag": f'"{obj.etag}"'})
-
-
-@bp.record
-def _register_upload_route(state: BlueprintSetupState) -> None:
-    # Only a backend whose presigned URLs point back at this service needs the route; with Swift the
-    # client PUTs to Swift itself, and the path must answer 404 like any unknown one.
-    if isinstance(state.app.extensions["photo_api"].storage, UploadVerifier):
-        state.add_url_rule(UPLOAD_RULE, view_func=receive_upload, methods=["PUT"])
 
 
 def _absolute(url: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .bootstrap import development_defaults
+from .bootstrap import bootstrap_development, development_defaults
 from .problems import ConfigError, ConfigProblem, problem
 from .rules import RULES
 from .settings import (
@@ -95,6 +95,7 @@ __all__ = [
     "Service",
     "ServiceOverride",
     "Settings",
+    "bootstrap_development",
     "detect_instance_ip",
     "development_defaults",
     "load_settings",

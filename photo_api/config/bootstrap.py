@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,31 @@ DEFAULT_VAR_DIR = Path("var")
 DEFAULT_SQLITE_FILE = "photo_api.db"
 DEFAULT_STORAGE_SUBDIR = "storage"
 DEV_SECRET_FILE = "jwt-secret"
+
+
+# What the embedded default fills in, and the variable each is exported as for the processes serve starts.
+BOOTSTRAPPED = (
+    ("database_url", "DATABASE_URL"),
+    ("local_storage_dir", "LOCAL_STORAGE_DIR"),
+    ("jwt_secret_key", "JWT_SECRET_KEY"),
+)
+
+
+def bootstrap_development(
+    settings: Settings, environ: MutableMapping[str, str], var_dir: Path = DEFAULT_VAR_DIR
+) -> Settings:
+    """`development_defaults`, and what it filled in exported to `environ`.
+
+    `photo-api serve` calls it before it execs gunicorn: the master and every worker then read the
+    same database, storage directory and secret from the environment, and the application factory never
+    creates files or secrets itself. Production settings pass through unchanged.
+    """
+    filled = development_defaults(settings, var_dir)
+    for field, variable in BOOTSTRAPPED:
+        value = getattr(filled, field)
+        if getattr(settings, field) is None and value is not None:
+            environ[variable] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return filled
 
 
 def development_defaults(settings: Settings, var_dir: Path = DEFAULT_VAR_DIR) -> Settings:

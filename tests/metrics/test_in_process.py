@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 
 from photo_api import create_app, metrics
+from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from photo_api.errors import PayloadTooLarge
 from tests.harness.users import Users
@@ -70,7 +71,7 @@ def test_an_exception_no_handler_turns_into_an_answer_still_counts_as_500(app: F
 
 def test_pool_usage_and_slow_queries(make_settings: Callable[..., Settings]) -> None:
     app = create_app(make_settings(db_slow_query_ms=1))
-    db = app.extensions["photo_api"].db
+    db = collaborators_of(app).db
     try:
         before = snapshot()
         with db.engine.connect() as conn:
@@ -86,7 +87,7 @@ def test_pool_usage_and_slow_queries(make_settings: Callable[..., Settings]) -> 
 
 def test_overflow_counts_connections_beyond_the_pool_size(make_settings: Callable[..., Settings]) -> None:
     app = create_app(make_settings(db_pool_size=1, db_max_overflow=2))
-    db = app.extensions["photo_api"].db
+    db = collaborators_of(app).db
     try:
         before = snapshot()
         with db.engine.connect(), db.engine.connect(), db.engine.connect():
@@ -103,7 +104,7 @@ def test_overflow_counts_connections_beyond_the_pool_size(make_settings: Callabl
 def disabled_app(make_settings: Callable[..., Settings]) -> Iterator[Flask]:
     app = create_app(make_settings(metrics_enabled=False))
     yield app
-    app.extensions["photo_api"].db.dispose()
+    collaborators_of(app).db.dispose()
 
 
 def test_disabled_means_no_hooks(disabled_app: Flask) -> None:

@@ -197,10 +197,11 @@ BOOT_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from photo_api import create_app, metrics
+    from photo_api.api.context import collaborators_of
     from photo_api.config import load_settings
 
     app = create_app(load_settings(environ=json.loads(sys.argv[1])))
-    app.extensions["photo_api"].db.dispose()
+    collaborators_of(app).db.dispose()
     sys.stdout.write(metrics.render().decode())
     """
 )

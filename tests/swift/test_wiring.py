@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from photo_api.api.context import collaborators_of
+from photo_api.app import create_app, swift_storage_options
 from photo_api.config import load_settings
 from photo_api.resilience import Bulkhead, Policies
-from photo_api.runtime import Runtime, swift_storage_options
 from photo_api.storage import SwiftStorage
 from tests.harness.env import TEST_SECRET
 
@@ -29,14 +30,14 @@ def settings(tmp_path: Path, **extra: str) -> Any:
     return load_settings(environ=env)
 
 
-def test_runtime_builds_swift_storage_without_network(tmp_path: Path) -> None:
-    runtime = Runtime.build(settings(tmp_path))
+def test_the_app_builds_swift_storage_without_network(tmp_path: Path) -> None:
+    app = collaborators_of(create_app(settings(tmp_path)))
     try:
-        assert isinstance(runtime.storage, SwiftStorage)
-        assert runtime.storage.name == "swift"
-        assert runtime.storage.breaker_states == {"storage": "closed", "storage_auth": "closed"}
+        assert isinstance(app.storage, SwiftStorage)
+        assert app.storage.name == "swift"
+        assert app.storage.breaker_states == {"storage": "closed", "storage_auth": "closed"}
     finally:
-        runtime.db.dispose()
+        app.db.dispose()
 
 
 def test_timeouts_map_onto_the_operations(tmp_path: Path) -> None:
