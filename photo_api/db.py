@@ -33,8 +33,7 @@ class Database:
 
     def __init__(self, settings: Settings, connect_gate: ConnectGate | None = None):
         """`connect_gate` (PostgreSQL only) makes connects fail fast while the database is unreachable."""
-        assert settings.database_url, "development_defaults() fills DATABASE_URL before the app is built"
-        self.url = settings.database_url
+        assert settings.database_url, "create_app refuses settings without DATABASE_URL"
         self.connect_gate = connect_gate if connect_gate is not None else ConnectGate()
         self.engine = make_engine(settings, self.connect_gate)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

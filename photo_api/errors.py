@@ -24,23 +24,23 @@ class AppError(Exception):
         super().__init__(self.detail)
 
 
-class BadRequest(AppError):
+class BadRequestError(AppError):
     status, title = 400, "Bad Request"
 
 
-class Unauthorized(AppError):
+class UnauthorizedError(AppError):
     status, title = 401, "Unauthorized"
 
 
-class Forbidden(AppError):
+class ForbiddenError(AppError):
     status, title = 403, "Forbidden"
 
 
-class NotFound(AppError):
+class NotFoundError(AppError):
     status, title = 404, "Not Found"
 
 
-class Conflict(AppError):
+class ConflictError(AppError):
     status, title = 409, "Conflict"
 
     def __init__(self, detail: str | None = None, field: str | None = None):
@@ -48,19 +48,19 @@ class Conflict(AppError):
         self.field = field
 
 
-class Gone(AppError):
+class GoneError(AppError):
     status, title = 410, "Gone"
 
 
-class PayloadTooLarge(AppError):
+class PayloadTooLargeError(AppError):
     status, title = 413, "Content Too Large"
 
 
-class UnsupportedMediaType(AppError):
+class UnsupportedMediaTypeError(AppError):
     status, title = 415, "Unsupported Media Type"
 
 
-class RangeNotSatisfiable(AppError):
+class RangeNotSatisfiableError(AppError):
     status, title = 416, "Range Not Satisfiable"
 
     def __init__(self, size: int):
@@ -68,7 +68,7 @@ class RangeNotSatisfiable(AppError):
         self.size = size
 
 
-class ValidationFailed(AppError):
+class ValidationFailedError(AppError):
     status, title = 422, "Unprocessable Content"
 
     def __init__(self, errors: list[FieldError], detail: str = "Request validation failed"):
@@ -76,7 +76,7 @@ class ValidationFailed(AppError):
         self.errors = errors
 
 
-class ServiceUnavailable(AppError):
+class ServiceUnavailableError(AppError):
     """A dependency is down or its circuit is open: the client should retry after `retry_after` seconds."""
 
     status, title = 503, "Service Unavailable"

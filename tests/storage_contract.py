@@ -18,10 +18,10 @@ import pytest
 
 from photo_api.storage import (
     CHUNK_SIZE,
-    ObjectNotFound,
+    ObjectNotFoundError,
     ObjectReader,
-    ObjectTooLarge,
-    RangeNotSatisfiable,
+    ObjectTooLargeError,
+    RangeOutsideObjectError,
     Storage,
 )
 
@@ -169,22 +169,22 @@ class StorageContract:
     @pytest.mark.parametrize("first", [1024, 5000])
     def test_range_not_satisfiable(self, storage: Storage, key: str, first: int) -> None:
         storage.put(key, io.BytesIO(RANGE_DATA), content_type="image/gif")
-        with pytest.raises(RangeNotSatisfiable) as caught:
+        with pytest.raises(RangeOutsideObjectError) as caught:
             storage.open(key, byte_range=(first, None))
         assert caught.value.size == len(RANGE_DATA)
 
     def test_missing_object(self, storage: Storage, key: str) -> None:
-        with pytest.raises(ObjectNotFound):
+        with pytest.raises(ObjectNotFoundError):
             storage.open(key)
-        with pytest.raises(ObjectNotFound):
+        with pytest.raises(ObjectNotFoundError):
             storage.head(key)
 
     def test_delete(self, storage: Storage, key: str) -> None:
         storage.put(key, io.BytesIO(b"bye"), content_type="image/png")
         storage.delete(key)
-        with pytest.raises(ObjectNotFound):
+        with pytest.raises(ObjectNotFoundError):
             storage.head(key)
-        with pytest.raises(ObjectNotFound):
+        with pytest.raises(ObjectNotFoundError):
             storage.open(key)
 
     def test_delete_missing_is_quiet(self, storage: Storage, key: str) -> None:
@@ -192,7 +192,7 @@ class StorageContract:
         storage.put(key, io.BytesIO(b"once"), content_type="image/png")
         storage.delete(key)
         storage.delete(key)  # the second delete finds nothing and must not complain
-        with pytest.raises(ObjectNotFound):
+        with pytest.raises(ObjectNotFoundError):
             storage.head(key)
 
     def test_delete_leaves_other_objects(self, storage: Storage, key: str) -> None:
@@ -239,16 +239,16 @@ class StorageContract:
     def test_max_bytes_exceeded_stores_nothing(self, storage: Storage, key: str) -> None:
         limit = 100 * KIB
         stream = GeneratedStream(pseudo_random_chunks(10 * MIB))
-        with pytest.raises(ObjectTooLarge):
+        with pytest.raises(ObjectTooLargeError):
             storage.put(key, cast(BinaryIO, stream), content_type="image/png", max_bytes=limit)
         # Reading stops soon after the limit instead of draining the whole upload.
         assert limit < stream.bytes_read <= limit + MAX_SINGLE_READ
-        with pytest.raises(ObjectNotFound):
+        with pytest.raises(ObjectNotFoundError):
             storage.head(key)
 
     def test_max_bytes_exceeded_keeps_previous_object(self, storage: Storage, key: str) -> None:
         storage.put(key, io.BytesIO(b"original"), content_type="image/png")
-        with pytest.raises(ObjectTooLarge):
+        with pytest.raises(ObjectTooLargeError):
             storage.put(key, io.BytesIO(b"y" * 2000), content_type="image/png", max_bytes=1000)
         assert read_all(storage.open(key)) == b"original"
 
@@ -259,7 +259,7 @@ class StorageContract:
         assert reader.length == 0
         assert read_all(reader) == b""
         assert storage.head(key).size == 0
-        with pytest.raises(RangeNotSatisfiable) as caught:
+        with pytest.raises(RangeOutsideObjectError) as caught:
             storage.open(key, byte_range=(0, None))
         assert caught.value.size == 0
 

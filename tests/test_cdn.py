@@ -16,8 +16,8 @@ import requests
 from photo_api.clients import build_cdn_tokens
 from photo_api.clients.cdn import (
     CdnTokens,
-    CdnUnavailable,
-    InvalidCdnPath,
+    CdnUnavailableError,
+    InvalidCdnPathError,
     compute_token,
     escape,
     safety_margin,
@@ -177,9 +177,9 @@ def test_paths_with_bang_or_tilde_are_refused_before_any_call(
     api: CdnApiDouble, edge: CdnEdgeDouble, clock: Clock, key: str
 ) -> None:
     tokens = make_tokens(api, edge, clock)
-    with pytest.raises(InvalidCdnPath) as info:
+    with pytest.raises(InvalidCdnPathError) as info:
         tokens.signed_url(key, 600)
-    assert isinstance(info.value, CdnUnavailable)  # so the route streams instead
+    assert isinstance(info.value, CdnUnavailableError)  # so the route streams instead
     assert api.requests == 0
 
 
@@ -188,17 +188,17 @@ def test_is_successful_false_for_bad_secret_is_a_failure_not_retried_and_cooled_
 ) -> None:
     tokens = make_tokens(api, edge, clock, secret_key="wrong-secret")
 
-    with pytest.raises(CdnUnavailable) as info:
+    with pytest.raises(CdnUnavailableError) as info:
         tokens.signed_url("abc.jpg", 600)
     assert info.value.reason == "misconfigured"
     assert api.requests == 1  # 20002 will not change on a retry
 
-    with pytest.raises(CdnUnavailable):
+    with pytest.raises(CdnUnavailableError):
         tokens.signed_url("abc.jpg", 600)
     assert api.requests == 1  # cooling down: no round trip per image request
 
     clock.now += 61
-    with pytest.raises(CdnUnavailable):
+    with pytest.raises(CdnUnavailableError):
         tokens.signed_url("abc.jpg", 600)
     assert api.requests == 2
     assert tokens.breaker_state == "closed"  # a configuration error says nothing about the API's health
@@ -210,7 +210,7 @@ def test_processing_failure_result_code_is_retried_then_unavailable(
     api.force_result = (30000, "processing failure")
     tokens = make_tokens(api, edge, clock, max_tries=3)
 
-    with pytest.raises(CdnUnavailable) as info:
+    with pytest.raises(CdnUnavailableError) as info:
         tokens.signed_url("abc.jpg", 600)
 
     assert info.value.reason == "exhausted"
@@ -228,7 +228,7 @@ def test_transient_http_errors_are_retried(api: CdnApiDouble, edge: CdnEdgeDoubl
 def test_other_http_errors_are_not_retried(api: CdnApiDouble, edge: CdnEdgeDouble, clock: Clock) -> None:
     api.http_failures = [403]
     tokens = make_tokens(api, edge, clock, max_tries=3)
-    with pytest.raises(CdnUnavailable) as info:
+    with pytest.raises(CdnUnavailableError) as info:
         tokens.signed_url("abc.jpg", 600)
     assert info.value.reason == "rejected"
     assert api.requests == 1
@@ -238,7 +238,7 @@ def test_slow_api_gives_up_at_the_read_timeout(api: CdnApiDouble, edge: CdnEdgeD
     api.server.delay = 1.0
     tokens = make_tokens(api, edge, clock, read_timeout=0.2, max_tries=1)
     started = time.perf_counter()
-    with pytest.raises(CdnUnavailable):
+    with pytest.raises(CdnUnavailableError):
         tokens.signed_url("abc.jpg", 600)
     assert time.perf_counter() - started < 0.8
 
@@ -247,13 +247,13 @@ def test_open_breaker_fails_fast_without_calling_the_api(api: CdnApiDouble, edge
     api.http_failures = [500] * 100
     tokens = make_tokens(api, edge, clock, max_tries=1, failure_threshold=2)
     for _ in range(2):
-        with pytest.raises(CdnUnavailable):
+        with pytest.raises(CdnUnavailableError):
             tokens.signed_url("abc.jpg", 600)
     assert api.requests == 2
     assert tokens.breaker_state == "open"
 
     started = time.perf_counter()
-    with pytest.raises(CdnUnavailable) as info:
+    with pytest.raises(CdnUnavailableError) as info:
         tokens.signed_url("other.jpg", 600)
     assert time.perf_counter() - started < 0.05
     assert info.value.reason == "circuit_open"

@@ -12,7 +12,7 @@ from werkzeug.test import encode_multipart
 from werkzeug.wsgi import LimitedStream
 
 from photo_api.api.multipart import MAX_BOUNDARY_LENGTH, MAX_BUFFER_BYTES, Part, form_boundary, iter_parts
-from photo_api.errors import BadRequest, PayloadTooLarge
+from photo_api.errors import BadRequestError, PayloadTooLargeError
 from photo_api.storage import CHUNK_SIZE
 
 BOUNDARY = "test-boundary-7d41402abc4b2a76"
@@ -150,7 +150,7 @@ def test_a_read_ending_between_the_closing_dashes_adds_nothing_to_the_last_part(
 
 def test_a_body_ending_between_the_closing_dashes_is_malformed() -> None:
     form = body(part("title", b"t"))
-    with pytest.raises(BadRequest, match="Malformed multipart body"):
+    with pytest.raises(BadRequestError, match="Malformed multipart body"):
         everything(Segments([form[: form.rindex(b"--\r\n") + 1]]))
 
 
@@ -221,7 +221,7 @@ def test_a_part_without_a_name_is_skipped() -> None:
 
 def test_a_part_without_content_disposition_is_malformed() -> None:
     form = f"--{BOUNDARY}\r\nX-No-Disposition: 1\r\n\r\nvalue\r\n--{BOUNDARY}--\r\n".encode()
-    with pytest.raises(BadRequest, match="Malformed multipart body"):
+    with pytest.raises(BadRequestError, match="Malformed multipart body"):
         everything(Trickle(form, 100))
 
 
@@ -230,13 +230,13 @@ def test_more_parts_than_allowed_is_malformed() -> None:
     assert len(everything(Trickle(allowed, 100))) == MAX_PARTS
     # Parts without a name count too: they cost the decoder the same.
     too_many = body(*[part(None, b"x") for _ in range(MAX_PARTS)], part("file", b"data", filename="f"))
-    with pytest.raises(BadRequest, match="Malformed multipart body"):
+    with pytest.raises(BadRequestError, match="Malformed multipart body"):
         everything(Trickle(too_many, 100))
 
 
 def test_a_preamble_that_never_ends_stops_at_the_buffer_limit() -> None:
     stream = Endless(b"", b"no boundary here " * 64)
-    with pytest.raises(BadRequest, match="Malformed multipart body"):
+    with pytest.raises(BadRequestError, match="Malformed multipart body"):
         everything(stream)
     assert stream.bytes_read <= MAX_BUFFER_BYTES + CHUNK_SIZE
 
@@ -244,14 +244,14 @@ def test_a_preamble_that_never_ends_stops_at_the_buffer_limit() -> None:
 def test_a_header_block_that_never_ends_stops_at_the_buffer_limit() -> None:
     head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="x"\r\n'.encode()
     stream = Endless(head, b"X-Filler: " + b"a" * 100 + b"\r\n")
-    with pytest.raises(BadRequest, match="Malformed multipart body"):
+    with pytest.raises(BadRequestError, match="Malformed multipart body"):
         everything(stream)
     assert stream.bytes_read <= MAX_BUFFER_BYTES + 2 * CHUNK_SIZE
 
 
 def test_a_smaller_buffer_limit_is_honoured() -> None:
     stream = Endless(b"", b"z" * 1024)
-    with pytest.raises(BadRequest, match="Malformed multipart body"):
+    with pytest.raises(BadRequestError, match="Malformed multipart body"):
         list(parts_of(stream, max_buffer_bytes=4096, chunk_size=1024))
     assert stream.bytes_read <= 4096 + 1024
 
@@ -265,12 +265,12 @@ def test_a_smaller_buffer_limit_is_honoured() -> None:
     ],
 )
 def test_a_body_cut_short_is_malformed(cut: int) -> None:
-    with pytest.raises(BadRequest, match="Malformed multipart body"):
+    with pytest.raises(BadRequestError, match="Malformed multipart body"):
         everything(Trickle(FORM[:-cut], 500))
 
 
 def test_garbage_is_malformed() -> None:
-    with pytest.raises(BadRequest, match="Malformed multipart body"):
+    with pytest.raises(BadRequestError, match="Malformed multipart body"):
         everything(Trickle(b"garbage without any boundary", 100))
 
 
@@ -282,7 +282,7 @@ def test_a_body_past_the_streams_limit_is_413_while_the_part_is_read() -> None:
     assert next(parts).read() == b"t"
     file_part = next(parts)
     received = 0
-    with pytest.raises(PayloadTooLarge, match="The request body is too large"):
+    with pytest.raises(PayloadTooLargeError, match="The request body is too large"):
         while chunk := file_part.read(CHUNK_SIZE):
             received += len(chunk)
     assert limit - 2 * CHUNK_SIZE < received <= limit
@@ -293,7 +293,7 @@ def test_skipping_a_part_past_the_streams_limit_is_413() -> None:
     raw = Trickle(body(part("junk", b"\x00" * (40 * CHUNK_SIZE), filename="j.bin"), part("title", b"t")), CHUNK_SIZE)
     parts = parts_of(LimitedStream(raw, 10 * CHUNK_SIZE, is_max=True))
     assert next(parts).name == "junk"  # not read: moving on skips it, and the limit still applies
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(PayloadTooLargeError):
         next(parts)
     assert raw.bytes_read <= 10 * CHUNK_SIZE
 
@@ -312,7 +312,7 @@ def test_boundary_of_a_form_data_body(content_type: str, boundary: str) -> None:
 
 @pytest.mark.parametrize("content_type", [None, "", "application/json", "multipart/mixed; boundary=x", "image/png"])
 def test_other_content_types_are_400(content_type: str | None) -> None:
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(BadRequestError) as caught:
         form_boundary(content_type)
     assert caught.value.detail == "Content-Type must be multipart/form-data"
 
@@ -327,6 +327,6 @@ def test_other_content_types_are_400(content_type: str | None) -> None:
     ],
 )
 def test_a_missing_long_or_non_ascii_boundary_is_400(content_type: str) -> None:
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(BadRequestError) as caught:
         form_boundary(content_type)
     assert caught.value.detail == "multipart/form-data needs a boundary of 1 to 200 ASCII characters"

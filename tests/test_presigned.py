@@ -24,7 +24,7 @@ from photo_api.api.context import Collaborators, collaborators_of, install
 from photo_api.config import Settings
 from photo_api.models import Album, AlbumPhoto, Photo, PhotoStatus, utcnow
 from photo_api.services import uploads
-from photo_api.storage import LocalStorage, ObjectNotFound
+from photo_api.storage import LocalStorage, ObjectNotFoundError
 from tests.harness.users import Users
 
 PROBLEM = "application/problem+json"
@@ -113,7 +113,7 @@ def stored_bytes(app: Flask, key: str) -> bytes | None:
     try:
         with rt(app).storage.open(key) as reader:
             return b"".join(reader)
-    except ObjectNotFound:
+    except ObjectNotFoundError:
         return None
 
 

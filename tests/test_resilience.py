@@ -15,8 +15,8 @@ from greenlet import GreenletExit
 from photo_api.config import load_settings
 from photo_api.resilience import (
     Bulkhead,
-    BulkheadFull,
-    DependencyUnavailable,
+    BulkheadFullError,
+    DependencyUnavailableError,
     Policies,
     Policy,
     Resilient,
@@ -115,7 +115,7 @@ def test_non_transient_error_is_not_retried_and_does_not_count() -> None:
 def test_non_idempotent_call_gets_one_attempt() -> None:
     r, _, _ = make()
     dep = Flaky(1)
-    with pytest.raises(DependencyUnavailable) as info:
+    with pytest.raises(DependencyUnavailableError) as info:
         r.call(dep, idempotent=False)
     assert dep.calls == 1
     assert info.value.reason == "exhausted"
@@ -125,11 +125,11 @@ def test_breaker_opens_after_threshold_then_fails_fast_without_calling() -> None
     r, events, _ = make(max_tries=1, failure_threshold=3)
     dep = Flaky(100)
     for _ in range(3):
-        with pytest.raises(DependencyUnavailable):
+        with pytest.raises(DependencyUnavailableError):
             r.call(dep)
     assert dep.calls == 3
     assert r.state == "open"
-    with pytest.raises(DependencyUnavailable) as info:
+    with pytest.raises(DependencyUnavailableError) as info:
         r.call(dep)
     assert dep.calls == 3, "an open circuit must not touch the dependency"
     assert info.value.reason == "circuit_open"
@@ -141,7 +141,7 @@ def test_breaker_opens_after_threshold_then_fails_fast_without_calling() -> None
 def test_open_breaker_stops_retries_mid_sequence() -> None:
     r, _, _ = make(max_tries=10, failure_threshold=2)
     dep = Flaky(100)
-    with pytest.raises(DependencyUnavailable) as info:
+    with pytest.raises(DependencyUnavailableError) as info:
         r.call(dep)
     assert dep.calls == 2, "the third attempt meets the open breaker and ends the retry loop"
     assert info.value.reason == "circuit_open"
@@ -149,7 +149,7 @@ def test_open_breaker_stops_retries_mid_sequence() -> None:
 
 def test_half_open_admits_exactly_one_trial_and_success_closes() -> None:
     r, events, clock = make(max_tries=1, failure_threshold=1, recovery_timeout=30)
-    with pytest.raises(DependencyUnavailable):
+    with pytest.raises(DependencyUnavailableError):
         r.call(Flaky(1))
     clock.now += 31
     assert r.state == "half_open"
@@ -159,7 +159,7 @@ def test_half_open_admits_exactly_one_trial_and_success_closes() -> None:
         # A second caller arriving while the trial is in flight is rejected without I/O.
         try:
             r.call(lambda: "second")
-        except DependencyUnavailable as exc:
+        except DependencyUnavailableError as exc:
             inner_results.append(exc.reason)
         return "trial-ok"
 
@@ -173,10 +173,10 @@ def test_failed_trial_reopens() -> None:
     r, _, clock = make(max_tries=1, failure_threshold=2, recovery_timeout=10)
     dep = Flaky(100)
     for _ in range(2):
-        with pytest.raises(DependencyUnavailable):
+        with pytest.raises(DependencyUnavailableError):
             r.call(dep)
     clock.now += 11
-    with pytest.raises(DependencyUnavailable) as info:
+    with pytest.raises(DependencyUnavailableError) as info:
         r.call(dep)
     assert info.value.reason == "exhausted"
     assert r.state == "open"
@@ -225,14 +225,14 @@ def test_deadline_under_gevent_cuts_a_hung_call_and_counts_as_failure() -> None:
         """
         from gevent import monkey; monkey.patch_all()
         import time
-        from photo_api.resilience import Policy, Resilient, DependencyUnavailable
+        from photo_api.resilience import Policy, Resilient, DependencyUnavailableError
         p = Policy(service="dep", connect_timeout=1, read_timeout=1, deadline=0.3, max_tries=3, max_time=5,
                    base_delay=0, max_delay=0, failure_threshold=1, recovery_timeout=30)
         r = Resilient(p)
         start = time.monotonic()
         try:
             r.call(lambda: time.sleep(5))
-        except DependencyUnavailable as exc:
+        except DependencyUnavailableError as exc:
             print(exc.reason, round(time.monotonic() - start, 2), r.state)
         """
     )
@@ -296,7 +296,7 @@ def test_policies_carry_each_dependency_timeouts_and_deadline() -> None:
 def test_a_killed_caller_neither_counts_nor_resets() -> None:
     r, _, _ = make(max_tries=1, failure_threshold=3)
     for _ in range(2):
-        with pytest.raises(DependencyUnavailable):
+        with pytest.raises(DependencyUnavailableError):
             r.call(Flaky(1))
     assert r.breaker.failure_count == 2
 
@@ -306,18 +306,18 @@ def test_a_killed_caller_neither_counts_nor_resets() -> None:
     with pytest.raises(KeyboardInterrupt):
         r.call(killed)
     assert r.breaker.failure_count == 2
-    with pytest.raises(DependencyUnavailable):
+    with pytest.raises(DependencyUnavailableError):
         r.call(Flaky(1))
     assert r.state == "open"  # the third real failure still opens it
 
 
 def test_open_circuit_follows_the_injected_clock() -> None:
     r, events, clock = make(max_tries=1, failure_threshold=1, recovery_timeout=30)
-    with pytest.raises(DependencyUnavailable):
+    with pytest.raises(DependencyUnavailableError):
         r.call(Flaky(1))
     assert r.breaker.open_remaining == 30
     clock.now += 12
-    with pytest.raises(DependencyUnavailable) as info:
+    with pytest.raises(DependencyUnavailableError) as info:
         r.call(Flaky(0))
     assert info.value.retry_after == 18  # what is left of the open period, rounded up
     clock.now += 18
@@ -346,7 +346,7 @@ def test_only_the_trial_itself_frees_the_half_open_slot() -> None:
     caller = threading.Thread(target=in_flight)
     caller.start()
     started.wait(5)
-    with pytest.raises(DependencyUnavailable):
+    with pytest.raises(DependencyUnavailableError):
         r.call(Flaky(1))  # opens the circuit while that call is still in flight
     clock.now += 11
     rejected: list[str] = []
@@ -356,7 +356,7 @@ def test_only_the_trial_itself_frees_the_half_open_slot() -> None:
         caller.join(5)  # the older call ends while the trial is in flight...
         try:
             r.call(lambda: "second trial")  # ...which must not admit a second one
-        except DependencyUnavailable as exc:
+        except DependencyUnavailableError as exc:
             rejected.append(exc.reason)
         return "trial"
 
@@ -371,7 +371,7 @@ def test_bulkhead_refuses_beyond_capacity_and_gives_slots_back() -> None:
     bulkhead = Bulkhead(2, queue_timeout=0, name="dep")
     with bulkhead.slot(), bulkhead.slot():
         assert bulkhead.in_flight == 2
-        with pytest.raises(BulkheadFull) as info, bulkhead.slot():
+        with pytest.raises(BulkheadFullError) as info, bulkhead.slot():
             pass
         assert info.value.retry_after == 1
     assert bulkhead.in_flight == 0

@@ -16,12 +16,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from photo_api.storage import (
-    InvalidKey,
+    InvalidKeyError,
     LocalStorage,
-    ObjectNotFound,
-    ObjectTooLarge,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
     StorageError,
-    StorageUnavailable,
+    StorageUnavailableError,
     build_storage,
 )
 from tests.storage_contract import StorageContract
@@ -99,22 +99,22 @@ BAD_KEYS = [
 
 @pytest.mark.parametrize("key", BAD_KEYS)
 def test_bad_keys_are_refused_everywhere(storage: LocalStorage, root: Path, key: str) -> None:
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         put_bytes(storage, key)
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.open(key)
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.head(key)
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.delete(key)
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.presign_upload(key, content_type="image/png", expires_in=60)
     assert not root.exists()
 
 
 def test_invalid_key_is_a_value_error() -> None:
-    assert issubclass(InvalidKey, ValueError)
-    assert issubclass(InvalidKey, StorageError)
+    assert issubclass(InvalidKeyError, ValueError)
+    assert issubclass(InvalidKeyError, StorageError)
 
 
 def test_unicode_keys_are_allowed(storage: LocalStorage) -> None:
@@ -130,13 +130,13 @@ def test_symlinked_directory_leading_outside_is_refused(tmp_path: Path, root: Pa
     (root / "u").symlink_to(outside, target_is_directory=True)
     storage = LocalStorage(root, signing_key=SIGNING_KEY)
 
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.head("u/secret.jpg")
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.open("u/secret.jpg")
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         put_bytes(storage, "u/planted.jpg")
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.delete("u/secret.jpg")
     assert files_under(outside) == ["secret.jpg"]
 
@@ -148,9 +148,9 @@ def test_symlinked_file_leading_outside_is_refused(tmp_path: Path, root: Path) -
     (root / "link.jpg").symlink_to(secret)
     storage = LocalStorage(root, signing_key=SIGNING_KEY)
 
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.open("link.jpg")
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.delete("link.jpg")
     assert secret.read_bytes() == b"secret"
 
@@ -185,7 +185,7 @@ def test_relative_root_is_fixed_at_construction(tmp_path: Path, monkeypatch: pyt
 def test_no_temp_files_survive(storage: LocalStorage, root: Path) -> None:
     put_bytes(storage, "u/1/kept.png")
     put_bytes(storage, "u/1/kept.png", b"overwritten")
-    with pytest.raises(ObjectTooLarge):
+    with pytest.raises(ObjectTooLargeError):
         storage.put("u/1/big.png", io.BytesIO(b"x" * 100), content_type="image/png", max_bytes=10)
     assert files_under(root) == ["u/1/kept.png"]
 
@@ -235,13 +235,13 @@ def test_bad_content_types_are_refused(storage: LocalStorage, content_type: str)
 
 def test_keys_colliding_with_directories_or_files(storage: LocalStorage) -> None:
     put_bytes(storage, "a/b.png")
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         put_bytes(storage, "a")  # "a" is a directory of other objects
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         put_bytes(storage, "a/b.png/c.png")  # "a/b.png" is an object, not a directory
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFoundError):
         storage.head("a")
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFoundError):
         storage.open("a/b.png/c.png")
     storage.delete("a")
     assert storage.head("a/b.png").size == len(b"data")
@@ -252,7 +252,7 @@ def test_foreign_file_is_an_error_not_a_missing_object(storage: LocalStorage, ro
     (root / "raw.jpg").write_bytes(b"\xff\xd8\xff not written by LocalStorage")
     with pytest.raises(StorageError) as caught:
         storage.head("raw.jpg")
-    assert not isinstance(caught.value, ObjectNotFound)
+    assert not isinstance(caught.value, ObjectNotFoundError)
 
 
 def test_truncated_object_is_reported(storage: LocalStorage, root: Path) -> None:
@@ -384,7 +384,7 @@ def test_presign_refuses_non_positive_lifetimes(storage: LocalStorage) -> None:
 
 def test_check_fails_while_the_root_is_missing(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "missing" / "objects", signing_key=SIGNING_KEY)
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailableError):
         storage.check()
     put_bytes(storage, "a.png")
     storage.check()
@@ -392,7 +392,7 @@ def test_check_fails_while_the_root_is_missing(tmp_path: Path) -> None:
 
 def test_check_fails_when_the_root_is_a_file(root: Path, storage: LocalStorage) -> None:
     root.write_bytes(b"not a directory")
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailableError):
         storage.check()
 
 
@@ -411,7 +411,7 @@ def check_outcome(storage: LocalStorage) -> str:
     def outcome() -> str:
         try:
             storage.check()
-        except StorageUnavailable:
+        except StorageUnavailableError:
             return "unavailable"
         return "ok"
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..models import Album, Photo
+from ..models import MAX_ID, Album, Photo
 from ..services import albums
 from ..services.fields import Description
 from .common import auth_required, current_user, db_session, json_body, query_args, respond
@@ -17,8 +17,6 @@ from .schemas import AlbumOut, AlbumWithPhotosOut, Pagination, PhotoOut, Request
 bp = Blueprint("albums", __name__, url_prefix="/albums")
 
 MAX_PHOTO_IDS = 500
-# Ids are 32-bit INTEGER columns; a larger number is a client error, not a query that SQLite overflows on.
-MAX_ID = 2**31 - 1
 
 # No control characters (PostgreSQL rejects NUL outright); surrounding whitespace is dropped.
 AlbumName = Annotated[

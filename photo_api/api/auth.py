@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from ..errors import Unauthorized
+from ..errors import UnauthorizedError
 from ..services import users
 from .common import auth_required, current_user, db_session, json_body, respond
 from .context import current_passwords, current_tokens
@@ -37,7 +37,7 @@ def login() -> Response:
     user = users.authenticate(db_session(), current_passwords(), email=data.email, password=data.password)
     if user is None:
         # One answer for unknown e-mail, wrong password and inactive user: no account oracle.
-        raise Unauthorized("Incorrect email or password")
+        raise UnauthorizedError("Incorrect email or password")
     issued = current_tokens().issue(user.id)
     return respond(TokenOut(access_token=issued.access_token, expires_in=issued.expires_in))
 

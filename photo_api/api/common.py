@@ -11,9 +11,16 @@ from flask import Response, g, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from ..errors import BadRequest, FieldError, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
+from ..errors import (
+    BadRequestError,
+    FieldError,
+    ForbiddenError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+    ValidationFailedError,
+)
 from ..models import User
-from ..security import InvalidToken
+from ..security import InvalidTokenError
 from ..services import users
 from ..services.fields import validation_errors
 from .context import current_db, current_limits, current_tokens
@@ -44,25 +51,25 @@ def json_body(model: type[M]) -> M:
     """Parse and validate the JSON body as `model` (400 for non-JSON, 422 for failing fields)."""
     mimetype = request.mimetype or ""
     if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
-        raise BadRequest("Content-Type must be application/json")
+        raise BadRequestError("Content-Type must be application/json")
     raw = request.get_data(cache=True)
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit and request.stream.read(1):
         # Werkzeug stops reading a body without Content-Length (chunked) at the limit and returns the
         # truncated bytes; the extra read raises 413 when more was sent (or is caught here if it did not).
-        raise PayloadTooLarge("Request body is too large")
+        raise PayloadTooLargeError("Request body is too large")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("Malformed JSON body") from None
+        raise BadRequestError("Malformed JSON body") from None
     except RecursionError:  # `[[[[…` nested deeper than the parser's stack: hostile, not a server fault
-        raise BadRequest("JSON body is nested too deeply") from None
+        raise BadRequestError("JSON body is nested too deeply") from None
     if not isinstance(data, dict):
-        raise ValidationFailed([FieldError("body", "must be a JSON object")])
+        raise ValidationFailedError([FieldError("body", "must be a JSON object")])
     try:
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
-        raise ValidationFailed(validation_errors(exc)) from None
+        raise ValidationFailedError(validation_errors(exc)) from None
 
 
 def query_args(model: type[M]) -> M:
@@ -70,7 +77,7 @@ def query_args(model: type[M]) -> M:
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
-        raise ValidationFailed(validation_errors(exc)) from None
+        raise ValidationFailedError(validation_errors(exc)) from None
 
 
 def current_user() -> User:
@@ -84,16 +91,16 @@ def authenticate_request() -> User:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Missing bearer token")
+        raise UnauthorizedError("Missing bearer token")
     try:
         user_id = current_tokens().user_id(token.strip())
-    except InvalidToken:
-        raise Unauthorized("Invalid or expired token") from None
+    except InvalidTokenError:
+        raise UnauthorizedError("Invalid or expired token") from None
     user = users.get(db_session(), user_id)
     if user is None:  # deleted since the token was issued
-        raise Unauthorized("Invalid or expired token")
+        raise UnauthorizedError("Invalid or expired token")
     if not user.is_active:
-        raise Forbidden("User is inactive")
+        raise ForbiddenError("User is inactive")
     return user
 
 

@@ -11,12 +11,11 @@ from flask import Response, request
 from werkzeug.http import parse_range_header
 
 from .. import metrics
-from ..clients import CdnUnavailable
-from ..errors import NotFound, RangeNotSatisfiable
+from ..clients import CdnUnavailableError
+from ..errors import NotFoundError, RangeNotSatisfiableError
 from ..models import Photo
 from ..services import photos
-from ..storage import ObjectNotFound, Storage
-from ..storage import RangeNotSatisfiable as StorageRangeNotSatisfiable
+from ..storage import ObjectNotFoundError, RangeOutsideObjectError, Storage
 from .common import db_session
 from .context import current_cdn, current_storage
 
@@ -52,7 +51,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int | None] | None:
     if not header:
         return None
     if _ZERO_SUFFIX.match(header):
-        raise RangeNotSatisfiable(size)
+        raise RangeNotSatisfiableError(size)
     parsed = parse_range_header(_HUGE_POSITION.sub(_BEYOND_ANY_OBJECT, header))
     if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
         return None
@@ -60,7 +59,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int | None] | None:
     if start < 0:
         return max(0, size + start), None
     if start >= size:
-        raise RangeNotSatisfiable(size)
+        raise RangeNotSatisfiableError(size)
     return start, None if stop is None else stop - 1
 
 
@@ -112,11 +111,11 @@ def send_object(
         byte_range = None  # the client's copy is stale: send it everything
     try:
         reader = storage.open(key, byte_range=byte_range)
-    except ObjectNotFound:
+    except ObjectNotFoundError:
         log.error("stored object missing for an existing row", extra={"object_key": key})
-        raise NotFound("Image not found") from None
-    except StorageRangeNotSatisfiable as exc:
-        raise RangeNotSatisfiable(exc.size) from None
+        raise NotFoundError("Image not found") from None
+    except RangeOutsideObjectError as exc:
+        raise RangeNotSatisfiableError(exc.size) from None
     headers["Content-Length"] = str(reader.length)
     status = 200
     if byte_range is not None:
@@ -143,7 +142,7 @@ def deliver_image(
     if cdn is not None:
         try:
             url = cdn.signed_url(photo.filename, token_seconds)
-        except CdnUnavailable as exc:
+        except CdnUnavailableError as exc:
             metrics.fallback("cdn")
             log.warning("CDN unavailable, streaming instead", extra={"reason": exc.reason, "photo_id": photo.id})
         else:

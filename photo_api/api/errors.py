@@ -10,8 +10,8 @@ from flask import Flask, Response, g
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from ..errors import AppError, Conflict, RangeNotSatisfiable, ServiceUnavailable, ValidationFailed
-from ..storage import StorageUnavailable
+from ..errors import AppError, ConflictError, RangeNotSatisfiableError, ServiceUnavailableError, ValidationFailedError
+from ..storage import StorageUnavailableError
 from .context import current_limits
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,13 @@ def _app_error(exc: AppError) -> Response:
     extra: dict[str, Any] = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, ServiceUnavailable):
+    if isinstance(exc, ServiceUnavailableError):
         headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, RangeNotSatisfiable):
+    if isinstance(exc, RangeNotSatisfiableError):
         headers["Content-Range"] = f"bytes */{exc.size}"
-    if isinstance(exc, ValidationFailed):
+    if isinstance(exc, ValidationFailedError):
         extra["errors"] = [{"field": e.field, "message": e.message} for e in exc.errors]
-    if isinstance(exc, Conflict) and exc.field:
+    if isinstance(exc, ConflictError) and exc.field:
         extra["errors"] = [{"field": exc.field, "message": exc.detail}]
     return problem(exc.status, exc.title, exc.detail, headers, **extra)
 
@@ -65,13 +65,13 @@ def _http_error(exc: HTTPException) -> Response:
 def _db_unavailable(exc: Exception) -> Response:
     # Pool exhausted, connection refused or dropped: the DB is the dependency that is failing.
     log.warning("database unavailable", extra={"error": type(exc).__name__})
-    return _app_error(ServiceUnavailable("Database unavailable", retry_after=DB_RETRY_AFTER_S))
+    return _app_error(ServiceUnavailableError("Database unavailable", retry_after=DB_RETRY_AFTER_S))
 
 
-def _storage_unavailable(exc: StorageUnavailable) -> Response:
+def _storage_unavailable(exc: StorageUnavailableError) -> Response:
     log.warning("object storage unavailable", extra={"error": type(exc).__name__})
     retry_after = getattr(exc, "retry_after", None) or STORAGE_RETRY_AFTER_S
-    return _app_error(ServiceUnavailable("Object storage unavailable", retry_after=int(retry_after)))
+    return _app_error(ServiceUnavailableError("Object storage unavailable", retry_after=int(retry_after)))
 
 
 def _unexpected(exc: Exception) -> Response:
@@ -91,5 +91,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(sa_exc.OperationalError, _db_unavailable)
     app.register_error_handler(sa_exc.TimeoutError, _db_unavailable)  # QueuePool checkout timeout
     app.register_error_handler(sa_exc.InterfaceError, _db_unavailable)
-    app.register_error_handler(StorageUnavailable, _storage_unavailable)
+    app.register_error_handler(StorageUnavailableError, _storage_unavailable)
     app.register_error_handler(Exception, _unexpected)

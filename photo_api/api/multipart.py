@@ -2,8 +2,8 @@
 
 No Flask here: the caller passes the Content-Type header and a readable stream (the view passes
 `request.stream`, which werkzeug stops at the request's size limit). A part's data is never held
-whole: `Part.read(n)` pulls it from the stream as the consumer asks. A malformed body is BadRequest
-(400); a body past the stream's limit is PayloadTooLarge (413), raised as soon as the read passes it.
+whole: `Part.read(n)` pulls it from the stream as the consumer asks. A malformed body is BadRequestError
+(400); a body past the stream's limit is PayloadTooLargeError (413), raised as soon as the read passes it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Event, File, MultipartDecoder, NeedData, Preamble
 from werkzeug.sansio.multipart import Field as FormField
 
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequestError, PayloadTooLargeError
 from ..storage import CHUNK_SIZE
 
 FORM_DATA = "multipart/form-data"
@@ -30,13 +30,13 @@ MALFORMED = "Malformed multipart body"
 
 
 def form_boundary(content_type: str | None) -> bytes:
-    """The boundary of a multipart/form-data body from its Content-Type header; BadRequest (400) otherwise."""
+    """The boundary of a multipart/form-data body from its Content-Type header; BadRequestError (400) otherwise."""
     mimetype, params = parse_options_header(content_type)
     if mimetype.lower() != FORM_DATA:
-        raise BadRequest(f"Content-Type must be {FORM_DATA}")
+        raise BadRequestError(f"Content-Type must be {FORM_DATA}")
     boundary = params.get("boundary", "")
     if not 0 < len(boundary) <= MAX_BOUNDARY_LENGTH or not boundary.isascii():
-        raise BadRequest(f"{FORM_DATA} needs a boundary of 1 to {MAX_BOUNDARY_LENGTH} ASCII characters")
+        raise BadRequestError(f"{FORM_DATA} needs a boundary of 1 to {MAX_BOUNDARY_LENGTH} ASCII characters")
     return boundary.encode("ascii")
 
 
@@ -60,7 +60,7 @@ class _Events:
             try:
                 event = self._decoder.next_event()
             except (ValueError, RequestEntityTooLarge):  # garbled framing, or more parts than allowed
-                raise BadRequest(MALFORMED) from None
+                raise BadRequestError(MALFORMED) from None
             if not isinstance(event, NeedData):
                 return event
             data = self._read()
@@ -68,14 +68,14 @@ class _Events:
                 # None is the end of the body; the decoder then raises if it is incomplete.
                 self._decoder.receive_data(data)
             except RequestEntityTooLarge:  # a preamble or header block that never ends
-                raise BadRequest(MALFORMED) from None
+                raise BadRequestError(MALFORMED) from None
 
     def _read(self) -> bytes | None:
         """The next data for the decoder (b"" while a dash waits for what follows); None at the end of the body."""
         try:
             chunk = self._stream.read(self._chunk_size)
         except RequestEntityTooLarge:  # past the stream's limit (request.max_content_length)
-            raise PayloadTooLarge("The request body is too large") from None
+            raise PayloadTooLargeError("The request body is too large") from None
         if not chunk:
             data, self._held = self._held, b""
             return data or None
@@ -112,7 +112,7 @@ class Part:
                 return b""
             event = self._events.next()
             if not isinstance(event, Data):
-                raise BadRequest(MALFORMED)
+                raise BadRequestError(MALFORMED)
             self._chunk, self._pos, self._done = event.data, 0, not event.more_data
         out = self._chunk[self._pos : self._pos + size]
         self._pos += len(out)

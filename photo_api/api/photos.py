@@ -9,8 +9,9 @@ from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict
 
 from .. import metrics
-from ..errors import PayloadTooLarge
+from ..errors import PayloadTooLargeError
 from ..images import ALLOWED_IMAGE_TYPES
+from ..models import MAX_ID
 from ..services import photos
 from ..services.fields import Description, Title
 from . import multipart
@@ -47,7 +48,7 @@ UPLOAD_BODY: dict[str, Any] = {
                 "required": ["file"],
                 "properties": {
                     "file": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP or GIF"},
-                    "album_id": {"type": "integer", "minimum": 1, "maximum": photos.MAX_ID},
+                    "album_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
                     "title": {"type": "string", "maxLength": 255},
                     "description": {"type": "string", "maxLength": 10_000},
                 },
@@ -96,7 +97,7 @@ def _upload_parts(max_upload_bytes: int) -> Iterator[multipart.Part]:
     boundary = multipart.form_boundary(request.content_type)
     limit = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The upload is larger than the limit of {max_upload_bytes} bytes")
+        raise PayloadTooLargeError(f"The upload is larger than the limit of {max_upload_bytes} bytes")
     # The app-wide limit is the small JSON one; werkzeug enforces this one while the stream is read.
     request.max_content_length = limit
     return multipart.iter_parts(request.stream, boundary, max_parts=MAX_PARTS)

@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
 )
 
+from ..models import MAX_ID
 from ..security import password_weakness
 
 # UTC ISO-8601 with a `Z` suffix, as the contract says (docs/api.md), whatever zone object the value carries.
@@ -54,7 +55,7 @@ class Problem(BaseModel):
 
 
 class Pagination(BaseModel):
-    skip: int = Field(default=0, ge=0, le=2**31 - 1)
+    skip: int = Field(default=0, ge=0, le=MAX_ID)
     limit: int = Field(default=PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX)
 
 

@@ -8,8 +8,9 @@ from flask import Blueprint, Response, request
 from pydantic import BaseModel, Field, StringConstraints
 
 from .. import metrics
-from ..errors import Unauthorized
+from ..errors import UnauthorizedError
 from ..images import ALLOWED_IMAGE_TYPES
+from ..models import MAX_ID
 from ..services import uploads
 from ..services.fields import Description, Title
 from .common import auth_required, current_user, db_session, json_body, public_base_url, respond
@@ -19,8 +20,6 @@ from .schemas import PhotoOut, Request
 
 bp = Blueprint("uploads", __name__)
 
-# Integer columns: a larger id could never exist, and PostgreSQL would reject it with an error.
-MAX_ID = 2**31 - 1
 # Browsers and phones send long names; sanitize_filename shortens them to 255 characters.
 MAX_CLIENT_FILENAME = 1024
 UPLOAD_RULE = "/uploads/<path:key>"
@@ -156,7 +155,7 @@ def receive_upload(key: str) -> Response:
     assert isinstance(storage, UploadVerifier), "registered only for backends that verify their own URLs"
     max_bytes = current_limits().max_upload_bytes
     if not storage.verify_upload(key, request.args.get("expires", ""), request.args.get("signature", "")):
-        raise Unauthorized("Upload URL is invalid or has expired")
+        raise UnauthorizedError("Upload URL is invalid or has expired")
     # The app-wide limit is the small JSON one; this request may carry a whole image. One byte over the
     # limit, because behind gunicorn (wsgi.input_terminated) Werkzeug answers 413 to any read at its limit,
     # which storage makes after exactly MAX_UPLOAD_BYTES to see whether more follows: storage decides.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ..config import Settings
 from ..logs import ContextProvider
 from ..resilience import Events, Policies, Policy, Resilient
-from .cdn import CdnTokens, CdnUnavailable, InvalidCdnPath
+from .cdn import CdnTokens, CdnUnavailableError, InvalidCdnPathError
 from .logcrash import LogShipper
 
 
@@ -85,8 +85,8 @@ def build_log_shipper(
 
 __all__ = [
     "CdnTokens",
-    "CdnUnavailable",
-    "InvalidCdnPath",
+    "CdnUnavailableError",
+    "InvalidCdnPathError",
     "LogShipper",
     "build_cdn_tokens",
     "build_log_shipper",

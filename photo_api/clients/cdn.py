@@ -13,7 +13,7 @@ The token travels in the query string (``https://{domain}{path}?token=…``), so
 ``{path_prefix}/{object key}``, percent-encoded as UTF-8 — with an Object Storage origin on the account
 root that prefix is ``/{container}``; with the container URL itself as origin it is empty.
 
-Any failure raises `CdnUnavailable`, which the image routes answer by streaming from storage instead.
+Any failure raises `CdnUnavailableError`, which the image routes answer by streaming from storage instead.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from urllib.parse import quote, quote_plus
 
 import requests
 
-from ..resilience import DependencyUnavailable, Resilient, TransientError, raise_for_transient
+from ..resilience import DependencyUnavailableError, Resilient, TransientError, raise_for_transient
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ _ESCAPE_SEQUENCE = re.compile(r"%[0-9A-Fa-f]{2}")
 _TOKEN_EXP = re.compile(r"(?:^|~)exp=(\d+)(?:~|$)")
 
 
-class CdnUnavailable(Exception):
+class CdnUnavailableError(Exception):
     """No signed CDN URL can be given now (API failure, open circuit, bad path): stream instead."""
 
     def __init__(self, reason: str, retry_after: int = 5):
@@ -67,7 +67,7 @@ class CdnUnavailable(Exception):
         self.retry_after = retry_after
 
 
-class InvalidCdnPath(CdnUnavailable):
+class InvalidCdnPathError(CdnUnavailableError):
     """The object path contains a character NHN's token API refuses (`!` or `~`)."""
 
     def __init__(self) -> None:
@@ -173,7 +173,7 @@ class TokenCache:
 
 
 class CdnTokens:
-    """Signed CDN URLs for stored objects, with a token cache; raises CdnUnavailable when it cannot sign."""
+    """Signed CDN URLs for stored objects, with a token cache; raises CdnUnavailableError when it cannot sign."""
 
     def __init__(
         self,
@@ -215,10 +215,10 @@ class CdnTokens:
         return self._resilient.state if self._resilient is not None and self.mode == "api" else "closed"
 
     def cdn_path(self, key: str) -> str:
-        """The percent-encoded path of object `key` on the CDN; raises InvalidCdnPath for `!` or `~`."""
+        """The percent-encoded path of object `key` on the CDN; raises InvalidCdnPathError for `!` or `~`."""
         path = f"{self.path_prefix}/{key.lstrip('/')}"
         if FORBIDDEN_PATH_CHARS.intersection(path):
-            raise InvalidCdnPath()
+            raise InvalidCdnPathError()
         return quote(path, safe="/")
 
     def signed_url(self, key: str, duration: int) -> str:
@@ -244,13 +244,13 @@ class CdnTokens:
 
     def _token_from_api(self, path: str, duration: int) -> str:
         if self._clock() < self._misconfigured_until:
-            raise CdnUnavailable("misconfigured", retry_after=int(CONFIG_ERROR_COOLDOWN_S))
+            raise CdnUnavailableError("misconfigured", retry_after=int(CONFIG_ERROR_COOLDOWN_S))
         assert self._resilient is not None
         try:
             # Issuing a token has no side effect, so retrying the POST is safe.
             return self._resilient.call(self._request_token, path, duration, idempotent=True, operation="token")
-        except DependencyUnavailable as exc:
-            raise CdnUnavailable(exc.reason, exc.retry_after) from exc
+        except DependencyUnavailableError as exc:
+            raise CdnUnavailableError(exc.reason, exc.retry_after) from exc
         except CdnApiError as exc:
             log.error(
                 "CDN token API refused the request",
@@ -258,8 +258,8 @@ class CdnTokens:
             )
             if exc.code in CONFIG_RESULT_CODES:
                 self._misconfigured_until = self._clock() + CONFIG_ERROR_COOLDOWN_S
-                raise CdnUnavailable("misconfigured", retry_after=int(CONFIG_ERROR_COOLDOWN_S)) from exc
-            raise CdnUnavailable("rejected") from exc
+                raise CdnUnavailableError("misconfigured", retry_after=int(CONFIG_ERROR_COOLDOWN_S)) from exc
+            raise CdnUnavailableError("rejected") from exc
 
     def _request_token(self, path: str, duration: int) -> str:
         assert self._resilient is not None and self._secret_key is not None

@@ -23,7 +23,7 @@ from ..greenlets import is_green
 from ..logs import ContextProvider
 from ..logs.logcrash import CapturedRecord, LogCrashFormat
 from ..logs.worker import DEFAULT_DRAIN_TIMEOUT_S, BatchWorker
-from ..resilience import DependencyUnavailable, Resilient, TransientError, raise_for_transient
+from ..resilience import DependencyUnavailableError, Resilient, TransientError, raise_for_transient
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ MAX_ITEM_BYTES = 8_388_608
 MAX_REQUEST_BYTES = 50 * 1024 * 1024
 
 
-class LogRejected(Exception):
+class LogRejectedError(Exception):
     """The collector refused a whole request for a reason a retry will not fix (4xx, isSuccessful=false)."""
 
 
@@ -48,7 +48,7 @@ class LogCollector:
     def send(self, items: list[str]) -> list[tuple[bool, str]]:
         """POST serialised items as one array through the "log" policy; the per-item (ok, message) results.
 
-        Raises DependencyUnavailable when retries are exhausted or the circuit is open, and LogRejected
+        Raises DependencyUnavailableError when retries are exhausted or the circuit is open, and LogRejectedError
         when the collector refuses the request as a whole.
         """
         return self.resilient.call(self._post, items, idempotent=True, operation="ship")
@@ -62,7 +62,7 @@ class LogCollector:
         )
         raise_for_transient(response)
         if response.status_code != 200:
-            raise LogRejected(f"HTTP {response.status_code}")
+            raise LogRejectedError(f"HTTP {response.status_code}")
         try:
             payload = response.json()
         except ValueError:
@@ -70,7 +70,7 @@ class LogCollector:
         header = payload.get("header") if isinstance(payload, dict) else None
         if not isinstance(header, dict) or header.get("isSuccessful") is not True:
             message = header.get("resultMessage") if isinstance(header, dict) else "no header"
-            raise LogRejected(str(message))
+            raise LogRejectedError(str(message))
         data = (payload.get("body") or {}).get("data") if isinstance(payload.get("body"), dict) else None
         results = data.get("resultList") if isinstance(data, dict) else None
         if not isinstance(results, list) or len(results) != len(items):
@@ -216,11 +216,11 @@ class LogShipper(logging.Handler):
         for chunk in self._chunks(batch):
             try:
                 results = self._collector.send(chunk)
-            except DependencyUnavailable as exc:
+            except DependencyUnavailableError as exc:
                 self._worker.drop("unavailable", len(chunk))
                 log.warning("log collector unavailable: batch dropped", extra={"count": len(chunk), "why": exc.reason})
                 continue
-            except LogRejected as exc:
+            except LogRejectedError as exc:
                 self._worker.drop("rejected", len(chunk))
                 log.error("log collector refused a batch", extra={"count": len(chunk), "why": str(exc)})
                 continue

@@ -6,19 +6,19 @@ Order around an outbound call: total deadline outermost â†’ `backoff` retries â†
 - `policy`: each dependency's timeouts, retry and breaker values, built from Settings in one place;
 - `resilient`: the composition (`Resilient.call`);
 - `breaker`: the adapter around the `circuitbreaker` package (one half-open trial, injectable clock);
-- `failures`: what counts as a failure, and `DependencyUnavailable`, the one exception callers see;
+- `failures`: what counts as a failure, and `DependencyUnavailableError`, the one exception callers see;
 - `events`: where all of it is reported (`Events`; the composition root connects metrics to it);
 - `bulkhead`: a bounded number of calls in flight per worker;
 - `gate`: the database connect gate that db.py's engine puts in front of every new connection.
 """
 
 from .breaker import Breaker
-from .bulkhead import BULKHEAD_RETRY_AFTER_S, Bulkhead, BulkheadFull
+from .bulkhead import BULKHEAD_RETRY_AFTER_S, Bulkhead, BulkheadFullError
 from .events import Events, LogEvents
 from .failures import (
     RETRYABLE_STATUSES,
     TRANSIENT_EXCEPTIONS,
-    DependencyUnavailable,
+    DependencyUnavailableError,
     TransientError,
     counts_as_failure,
     is_timeout,
@@ -37,9 +37,9 @@ __all__ = [
     "TRANSIENT_EXCEPTIONS",
     "Breaker",
     "Bulkhead",
-    "BulkheadFull",
+    "BulkheadFullError",
     "ConnectGate",
-    "DependencyUnavailable",
+    "DependencyUnavailableError",
     "Events",
     "LogEvents",
     "Policies",

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 BULKHEAD_RETRY_AFTER_S = 1
 
 
-class BulkheadFull(Exception):
+class BulkheadFullError(Exception):
     """Every slot stayed taken for the whole queue timeout: the call was not made."""
 
     def __init__(self, name: str, capacity: int, retry_after: int = BULKHEAD_RETRY_AFTER_S):
@@ -39,9 +39,9 @@ class Bulkhead:
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold one slot for the block; raise BulkheadFull when none frees up within the queue timeout."""
+        """Hold one slot for the block; raise BulkheadFullError when none frees up within the queue timeout."""
         if not self._slots.acquire(timeout=self.queue_timeout):
-            raise BulkheadFull(self.name, self.capacity)
+            raise BulkheadFullError(self.name, self.capacity)
         self.in_flight += 1
         try:
             yield

@@ -17,7 +17,7 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
-class DependencyUnavailable(Exception):
+class DependencyUnavailableError(Exception):
     """The dependency could not serve this call: deadline passed, retries exhausted, or circuit open."""
 
     def __init__(self, service: str, reason: str, retry_after: int = 5):
@@ -75,7 +75,7 @@ def outcome_of(exc: BaseException | None) -> str:
     """How a logical call ended, for its duration metric: ok, circuit_open, timeout, unavailable, error, cancelled."""
     if exc is None:
         return "ok"
-    if isinstance(exc, DependencyUnavailable):
+    if isinstance(exc, DependencyUnavailableError):
         return {"circuit_open": "circuit_open", "deadline": "timeout"}.get(exc.reason, "unavailable")
     if isinstance(exc, requests.Timeout) or is_timeout(exc):
         return "timeout"

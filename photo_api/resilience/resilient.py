@@ -4,7 +4,7 @@ The breaker sees every real attempt, so it trips on real failures; once open, th
 once, which `backoff` does not retry, so a dead dependency costs no I/O and no sleeps. (With the breaker
 outside the retries, it would count one failure per request, not per attempt, trip RETRY_MAX_TRIES times
 later, and every request would keep retrying a dead dependency for its whole retry budget.) Callers see
-one exception type, `DependencyUnavailable` (with a `retry_after` hint), which the storage/CDN/log layers
+one exception type, `DependencyUnavailableError` (with a `retry_after` hint), which the storage/CDN/log layers
 translate into their own vocabulary.
 """
 
@@ -22,7 +22,7 @@ from photo_api.greenlets import deadline
 
 from .breaker import Breaker
 from .events import Events, LogEvents
-from .failures import TRANSIENT_EXCEPTIONS, DependencyUnavailable, is_timeout, outcome_of
+from .failures import TRANSIENT_EXCEPTIONS, DependencyUnavailableError, is_timeout, outcome_of
 from .policy import Policy
 
 T = TypeVar("T")
@@ -86,7 +86,7 @@ class Resilient:
         operation: str = "call",
         **kwargs: Any,
     ) -> T:
-        """Run `fn(*args, **kwargs)` under the policy; raise DependencyUnavailable when it cannot succeed.
+        """Run `fn(*args, **kwargs)` under the policy; raise DependencyUnavailableError when it cannot succeed.
 
         Non-idempotent calls (a POST that creates something) get one attempt: a retry could do it twice.
         `deadline_s` replaces the policy's deadline for this call (one dependency, one breaker, but an
@@ -127,13 +127,13 @@ class Resilient:
             with deadline(total):
                 return retrying()
         except CircuitBreakerError:
-            raise DependencyUnavailable(policy.service, "circuit_open", self._retry_after()) from None
+            raise DependencyUnavailableError(policy.service, "circuit_open", self._retry_after()) from None
         except TRANSIENT_EXCEPTIONS as exc:
             retry_after = getattr(exc, "retry_after", None)
             hint = int(retry_after + 0.999) if retry_after else max(1, int(policy.recovery_timeout // 6))
-            raise DependencyUnavailable(policy.service, "exhausted", hint) from exc
+            raise DependencyUnavailableError(policy.service, "exhausted", hint) from exc
         except BaseException as exc:
             if is_timeout(exc):
                 self.events.giveup(policy.service, exc)
-                raise DependencyUnavailable(policy.service, "deadline", max(1, int(total))) from None
+                raise DependencyUnavailableError(policy.service, "deadline", max(1, int(total))) from None
             raise

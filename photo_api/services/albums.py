@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from ..errors import FieldError, NotFound, ValidationFailed
+from ..errors import FieldError, NotFoundError, ValidationFailedError
 from ..models import Album, AlbumPhoto, Photo, PhotoStatus, UTCDateTime, is_id, utcnow
 
 ALBUM_NOT_FOUND = "Album not found"
@@ -74,15 +74,15 @@ def list_albums(session: Session, owner_id: int, *, skip: int, limit: int) -> li
 
 
 def get_album(session: Session, owner_id: int, album_id: int, *, for_update: bool = False) -> Album:
-    """The owner's album; NotFound for a missing album and for someone else's alike."""
+    """The owner's album; NotFoundError for a missing album and for someone else's alike."""
     if not is_id(album_id):
-        raise NotFound(ALBUM_NOT_FOUND)
+        raise NotFoundError(ALBUM_NOT_FOUND)
     query = select(Album).where(Album.id == album_id, Album.owner_id == owner_id)
     if for_update:
         query = query.with_for_update()
     album = session.scalars(query).one_or_none()
     if album is None:
-        raise NotFound(ALBUM_NOT_FOUND)
+        raise NotFoundError(ALBUM_NOT_FOUND)
     return album
 
 
@@ -101,7 +101,7 @@ def update_album(
     description: str | _Unset | None = UNSET,
     cover_photo_id: int | _Unset | None = UNSET,
 ) -> CountedAlbum:
-    """Change the fields given; the cover must be a ready photo of this album (ValidationFailed otherwise)."""
+    """Change the fields given; the cover must be a ready photo of this album (ValidationFailedError otherwise)."""
     # Row lock: a concurrent removal of the new cover from the album waits for us and then clears it,
     # instead of leaving a cover that is no longer in the album.
     album = get_album(session, owner_id, album_id, for_update=cover_photo_id is not UNSET)
@@ -113,7 +113,7 @@ def update_album(
             Photo.status == PhotoStatus.READY,
         )
         if not session.scalar(select(in_album)):
-            raise ValidationFailed([FieldError("cover_photo_id", "must be a photo in this album")])
+            raise ValidationFailedError([FieldError("cover_photo_id", "must be a photo in this album")])
     if name is not UNSET:
         album.name = name
     if description is not UNSET:
@@ -132,13 +132,13 @@ def count_ready_photos(session: Session, album_id: int) -> int:
 def delete_album(session: Session, owner_id: int, album_id: int) -> None:
     """Delete the owner's album; its memberships and share links go by FK cascade, the photos stay."""
     if not is_id(album_id):
-        raise NotFound(ALBUM_NOT_FOUND)
+        raise NotFoundError(ALBUM_NOT_FOUND)
     result = session.execute(
         delete(Album).where(Album.id == album_id, Album.owner_id == owner_id),
         execution_options={"synchronize_session": False},
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise NotFound(ALBUM_NOT_FOUND)
+        raise NotFoundError(ALBUM_NOT_FOUND)
     session.commit()
 
 

@@ -13,17 +13,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from ..errors import FieldError, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from ..errors import FieldError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError, ValidationFailedError
 from ..images import ALLOWED_IMAGE_TYPES, SNIFF_BYTES, new_object_key, sanitize_filename, sniff_image_type
-from ..models import Album, AlbumPhoto, Photo, PhotoStatus
-from ..storage import CHUNK_SIZE, ObjectNotFound, ObjectTooLarge, Storage, StoredObject
+from ..models import MAX_ID, Album, AlbumPhoto, Photo, PhotoStatus, is_id
+from ..storage import CHUNK_SIZE, ObjectNotFoundError, ObjectTooLargeError, Storage, StoredObject
 from . import deletions
 from .fields import Description, Title, validation_errors
 
 log = logging.getLogger(__name__)
 
-# Ids are 32-bit integer columns: a larger id names no row, and SQLite cannot even bind one past 2**63.
-MAX_ID = 2**31 - 1
 EDITABLE_FIELDS = frozenset({"title", "description"})
 PHOTO_NOT_FOUND = "Photo not found"
 ALBUM_NOT_FOUND = "Album not found"
@@ -106,7 +104,7 @@ def upload_photo(
             upload.errors.insert(0, FieldError(FILE_FIELD, "a file is required"))
         form, form_errors = _validate_form(upload.fields)
         if form is None or upload.errors:
-            raise ValidationFailed(upload.errors + form_errors)
+            raise ValidationFailedError(upload.errors + form_errors)
         assert upload.image is not None  # a file was seen without errors, so it was stored
         return _insert_photo(session, owner_id=owner_id, image=upload.image, client_filename=upload.filename, form=form)
     except BaseException:
@@ -126,7 +124,7 @@ def _receive_file(upload: _Upload, part: FormPart, storage: Storage, *, owner_id
         return  # the upload is refused anyway: do not store what would be deleted again
     try:
         upload.image = _store_image(storage, owner_id=owner_id, stream=part, max_bytes=max_bytes)
-    except ValidationFailed as exc:  # an empty file: keep parsing, to report the other fields too
+    except ValidationFailedError as exc:  # an empty file: keep parsing, to report the other fields too
         upload.errors.extend(exc.errors)
 
 
@@ -188,16 +186,16 @@ def _store_image(storage: Storage, *, owner_id: int, stream: Readable, max_bytes
     """
     head = _read_head(stream, SNIFF_BYTES)
     if not head:
-        raise ValidationFailed([FieldError(FILE_FIELD, "must not be empty")])
+        raise ValidationFailedError([FieldError(FILE_FIELD, "must not be empty")])
     content_type = sniff_image_type(head)
     if content_type is None:
-        raise UnsupportedMediaType(f"The file must be one of: {', '.join(ALLOWED_IMAGE_TYPES)}")
+        raise UnsupportedMediaTypeError(f"The file must be one of: {', '.join(ALLOWED_IMAGE_TYPES)}")
     key = new_object_key(owner_id, content_type)
     body = cast(BinaryIO, _Prepended(head, stream))  # Storage.put reads nothing but read(n)
     try:
         return storage.put(key, body, content_type=content_type, max_bytes=max_bytes)
-    except ObjectTooLarge:
-        raise PayloadTooLarge(f"The file is larger than {max_bytes} bytes") from None
+    except ObjectTooLargeError:
+        raise PayloadTooLargeError(f"The file is larger than {max_bytes} bytes") from None
 
 
 def _insert_photo(
@@ -211,7 +209,7 @@ def _insert_photo(
             select(Album.id).where(Album.id == album_id, Album.owner_id == owner_id).with_for_update(key_share=True)
         )
         if owned is None:
-            raise NotFound(ALBUM_NOT_FOUND)
+            raise NotFoundError(ALBUM_NOT_FOUND)
     photo = Photo(
         owner_id=owner_id,
         filename=image.key,
@@ -248,15 +246,15 @@ def _discard_image(session: Session, storage: Storage, key: str) -> None:
 
 
 def get_photo(session: Session, *, owner_id: int, photo_id: int, ready_only: bool = True) -> Photo:
-    """The owner's photo; NotFound (404) when missing, someone else's, or (by default) still pending."""
-    if not 0 < photo_id <= MAX_ID:
-        raise NotFound(PHOTO_NOT_FOUND)
+    """The owner's photo; NotFoundError (404) when missing, someone else's, or (by default) still pending."""
+    if not is_id(photo_id):
+        raise NotFoundError(PHOTO_NOT_FOUND)
     query = select(Photo).where(Photo.id == photo_id, Photo.owner_id == owner_id)
     if ready_only:
         query = query.where(Photo.status == PhotoStatus.READY)
     photo = session.scalars(query).one_or_none()
     if photo is None:
-        raise NotFound(PHOTO_NOT_FOUND)
+        raise NotFoundError(PHOTO_NOT_FOUND)
     return photo
 
 
@@ -284,7 +282,7 @@ def update_photo(session: Session, *, owner_id: int, photo_id: int, changes: Map
     except StaleDataError:
         # Deleted by a concurrent request between our read and our UPDATE.
         session.rollback()
-        raise NotFound(PHOTO_NOT_FOUND) from None
+        raise NotFoundError(PHOTO_NOT_FOUND) from None
     return photo
 
 
@@ -294,8 +292,8 @@ def delete_photo(session: Session, storage: Storage, *, owner_id: int, photo_id:
     Album memberships go by FK cascade and an album whose cover it was gets a NULL cover. A failed
     object delete is recorded for the reaper; the photo is gone for the client either way.
     """
-    if not 0 < photo_id <= MAX_ID:
-        raise NotFound(PHOTO_NOT_FOUND)
+    if not is_id(photo_id):
+        raise NotFoundError(PHOTO_NOT_FOUND)
     # One statement finds and deletes, so two concurrent deletes cannot both succeed.
     key = session.scalar(
         delete(Photo)
@@ -304,17 +302,17 @@ def delete_photo(session: Session, storage: Storage, *, owner_id: int, photo_id:
     )
     if key is None:
         session.rollback()
-        raise NotFound(PHOTO_NOT_FOUND)
+        raise NotFoundError(PHOTO_NOT_FOUND)
     session.commit()
     deletions.delete_objects(session, storage, [key])
 
 
 def image_etag(storage: Storage, photo: Photo) -> str:
-    """The photo's ETag (MD5 hex): recorded at upload, else asked of the store; NotFound if the object is gone."""
+    """The photo's ETag (MD5 hex): recorded at upload, else asked of the store; NotFoundError if the object is gone."""
     if photo.checksum:
         return photo.checksum
     try:
         return storage.head(photo.filename).etag
-    except ObjectNotFound:
+    except ObjectNotFoundError:
         log.error("stored object missing for an existing row", extra={"object_key": photo.filename})
-        raise NotFound("Image not found") from None
+        raise NotFoundError("Image not found") from None

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..errors import Gone, NotFound
+from ..errors import GoneError, NotFoundError
 from ..models import Album, AlbumPhoto, Photo, PhotoStatus, ShareLink, is_id, utcnow
 from .albums import get_album, ready_photos_query
 
@@ -74,16 +74,16 @@ def list_shares(session: Session, owner_id: int, album_id: int) -> list[ShareLin
 
 
 def revoke_share(session: Session, owner_id: int, album_id: int, share_id: int) -> None:
-    """Deactivate a share link of the owner's album (idempotent); NotFound if it belongs to another album."""
+    """Deactivate a share link of the owner's album (idempotent); NotFoundError if it belongs to another album."""
     album = get_album(session, owner_id, album_id)
     if not is_id(share_id):
-        raise NotFound(SHARE_NOT_FOUND)
+        raise NotFoundError(SHARE_NOT_FOUND)
     result = session.execute(
         update(ShareLink).where(ShareLink.id == share_id, ShareLink.album_id == album.id).values(is_active=False),
         execution_options={"synchronize_session": False},
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise NotFound(SHARE_NOT_FOUND)
+        raise NotFoundError(SHARE_NOT_FOUND)
     session.commit()
     log.info("share link revoked", extra={"share_link_id": share_id, "album_id": album.id})
 
@@ -94,19 +94,19 @@ def _usable(now: datetime) -> ColumnElement[bool]:
 
 def _check_shape(token: str) -> None:
     if not _TOKEN_SHAPE.fullmatch(token):
-        raise NotFound(SHARE_NOT_FOUND)
+        raise NotFoundError(SHARE_NOT_FOUND)
 
 
-def _unusable_link_error(session: Session, token: str) -> NotFound | Gone:
+def _unusable_link_error(session: Session, token: str) -> NotFoundError | GoneError:
     """Why `token` opens nothing: unknown (404), or revoked/expired (410)."""
     known = session.scalar(select(ShareLink.id).where(ShareLink.token == token))
     if known is None:
-        return NotFound(SHARE_NOT_FOUND)
-    return Gone("Share link has expired or been revoked")
+        return NotFoundError(SHARE_NOT_FOUND)
+    return GoneError("Share link has expired or been revoked")
 
 
 def view_shared_album(session: Session, token: str, *, clock: Callable[[], datetime] = utcnow) -> SharedAlbum:
-    """Open a share link for the public and count the view; NotFound if unknown, Gone if revoked or expired."""
+    """Open a share link for the public and count the view; NotFoundError if unknown, GoneError if unusable."""
     _check_shape(token)
     # One UPDATE both checks the link and counts the view, so concurrent views all count, and a link
     # revoked a moment ago is not counted.
@@ -126,25 +126,25 @@ def view_shared_album(session: Session, token: str, *, clock: Callable[[], datet
         select(Album).join(ShareLink, ShareLink.album_id == Album.id).where(ShareLink.id == row.id)
     ).one_or_none()
     if album is None:  # the album (and with it the link) was deleted since
-        raise NotFound(SHARE_NOT_FOUND)
+        raise NotFoundError(SHARE_NOT_FOUND)
     photos = list(session.scalars(ready_photos_query(album.id)))
     log.info("shared album viewed", extra={"share_link_id": row.id, "album_id": album.id})
     return SharedAlbum(album, photos)
 
 
 def shared_photo(session: Session, token: str, photo_id: int, *, clock: Callable[[], datetime] = utcnow) -> Photo:
-    """A ready photo of the shared album; NotFound unless it is in that album, Gone if the link is unusable."""
+    """A ready photo of the shared album; NotFoundError unless it is in that album, GoneError for a dead link."""
     _check_shape(token)
     link = session.scalars(select(ShareLink).where(ShareLink.token == token, _usable(clock()))).one_or_none()
     if link is None:
         raise _unusable_link_error(session, token)
     if not is_id(photo_id):
-        raise NotFound("Photo not found")
+        raise NotFoundError("Photo not found")
     photo = session.scalars(
         select(Photo)
         .join(AlbumPhoto, AlbumPhoto.photo_id == Photo.id)
         .where(AlbumPhoto.album_id == link.album_id, Photo.id == photo_id, Photo.status == PhotoStatus.READY)
     ).one_or_none()
     if photo is None:
-        raise NotFound("Photo not found")
+        raise NotFoundError("Photo not found")
     return photo

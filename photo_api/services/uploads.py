@@ -27,10 +27,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import Conflict, FieldError, Gone, NotFound, PayloadTooLarge, ValidationFailed
+from ..errors import ConflictError, FieldError, GoneError, NotFoundError, PayloadTooLargeError, ValidationFailedError
 from ..images import ALLOWED_IMAGE_TYPES, SNIFF_BYTES, new_object_key, sanitize_filename, sniff_image_type
 from ..models import Album, AlbumPhoto, Photo, PhotoStatus, utcnow
-from ..storage import ObjectNotFound, ObjectTooLarge, PresignedUpload, Storage, StoredObject
+from ..storage import ObjectNotFoundError, ObjectTooLargeError, PresignedUpload, Storage, StoredObject
 from . import deletions
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ def create_presigned(
             FieldError("file_size", f"must not exceed the upload limit of {max_upload_bytes} bytes (MAX_UPLOAD_BYTES)")
         )
     if problems:
-        raise ValidationFailed(problems)
+        raise ValidationFailedError(problems)
     if album_id is not None and not _owns_album(session, owner_id, album_id):
-        raise NotFound("Album not found")
+        raise NotFoundError("Album not found")
 
     key = new_object_key(owner_id, content_type)
     upload = storage.presign_upload(key, content_type=content_type, expires_in=expires_in)
@@ -116,7 +116,7 @@ def create_presigned(
     except IntegrityError:
         # Only the album foreign key can fail here: the album was deleted after the ownership check.
         session.rollback()
-        raise NotFound("Album not found") from None
+        raise NotFoundError("Album not found") from None
     return PresignedPhoto(photo=photo, upload=upload, expires_in=expires_in)
 
 
@@ -131,28 +131,28 @@ def receive_upload(
     now = now or utcnow()
     photo = session.scalars(select(Photo).where(Photo.filename == key)).one_or_none()
     if photo is None or photo.status != PhotoStatus.PENDING:
-        raise NotFound("No pending upload for this URL")
+        raise NotFoundError("No pending upload for this URL")
     if photo.upload_expires_at is None or photo.upload_expires_at <= now:
-        raise Gone("The upload window has closed")
+        raise GoneError("The upload window has closed")
     photo_id, content_type = photo.id, photo.content_type
     # Release the connection while a slow client sends its bytes; an open transaction would also hit
     # PostgreSQL's idle-in-transaction timeout on a long upload.
     session.rollback()
     try:
         obj = storage.put(key, stream, content_type=content_type, max_bytes=max_bytes)
-    except ObjectTooLarge:
-        raise PayloadTooLarge(f"Upload exceeds the limit of {max_bytes} bytes (MAX_UPLOAD_BYTES)") from None
+    except ObjectTooLargeError:
+        raise PayloadTooLargeError(f"Upload exceeds the limit of {max_bytes} bytes (MAX_UPLOAD_BYTES)") from None
     status = session.scalar(select(Photo.status).where(Photo.id == photo_id))
     session.rollback()
     if status is None:
         # Reaped, rejected or deleted while the bytes were arriving: nobody would ever reap this object.
         deletions.delete_objects(session, storage, [key])
-        raise Gone("The upload was removed while it was being received")
+        raise GoneError("The upload was removed while it was being received")
     if status != PhotoStatus.PENDING:
         # Confirm ran while these bytes were arriving and verified the previous object. Nothing can be
         # undone here; the row's checksum still names the verified bytes.
         log.error("upload replaced a confirmed object", extra={"photo_id": photo_id, "object_key": key})
-        raise Conflict("The photo was confirmed while this upload was in progress")
+        raise ConflictError("The photo was confirmed while this upload was in progress")
     return obj
 
 
@@ -180,10 +180,10 @@ def confirm(
     session.commit()  # no transaction held open while storage answers (the session keeps `photo` loaded)
     try:
         obj = storage.head(key)
-    except ObjectNotFound:
+    except ObjectNotFoundError:
         if photo.upload_expires_at is not None and photo.upload_expires_at <= now:
-            raise Gone("The upload window closed before the object was uploaded") from None
-        raise ValidationFailed(
+            raise GoneError("The upload window closed before the object was uploaded") from None
+        raise ValidationFailedError(
             [FieldError("photo_id", "no object has been uploaded for this photo yet")],
             detail="Upload the file to upload_url before confirming",
         ) from None
@@ -191,7 +191,9 @@ def confirm(
     problems = _check_object(storage, photo, obj, max_upload_bytes)
     if problems:
         if _reject(session, storage, photo):
-            raise ValidationFailed(problems, detail="The uploaded file does not match the declaration; it was removed")
+            raise ValidationFailedError(
+                problems, detail="The uploaded file does not match the declaration; it was removed"
+            )
         # Another confirm (with a newer object) or the reaper got to the row first: answer what is there now.
         return _owned_photo(session, owner_id, photo_id, refresh=True)
 
@@ -257,7 +259,7 @@ def _owned_photo(session: Session, owner_id: int, photo_id: int, *, refresh: boo
         query = query.execution_options(populate_existing=True)
     photo = session.scalars(query).one_or_none()
     if photo is None:
-        raise NotFound("Photo not found")
+        raise NotFoundError("Photo not found")
     return photo
 
 

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import Conflict
-from ..models import User
+from ..errors import ConflictError
+from ..models import User, is_id
 from ..security import Passwords
 
 
@@ -28,7 +28,7 @@ def normalise_email(email: str) -> str:
 
 
 def register(session: Session, passwords: Passwords, *, email: str, username: str, password: str) -> User:
-    """Create a user; Conflict (409) names the field already taken, also when two requests race."""
+    """Create a user; ConflictError (409) names the field already taken, also when two requests race."""
     user = User(email=normalise_email(email), username=username, password_hash=passwords.hash(password))
     session.add(user)
     try:
@@ -38,9 +38,9 @@ def register(session: Session, passwords: Passwords, *, email: str, username: st
         # The unique indexes decide, so a race between two registrations is a 409 too, never a 500.
         field = _conflicting_field(exc)
         if field == "email":
-            raise Conflict("Email already registered", field="email") from None
+            raise ConflictError("Email already registered", field="email") from None
         if field == "username":
-            raise Conflict("Username already taken", field="username") from None
+            raise ConflictError("Username already taken", field="username") from None
         raise
     return user
 
@@ -70,5 +70,5 @@ def authenticate(session: Session, passwords: Passwords, *, email: str, password
 
 
 def get(session: Session, user_id: int) -> User | None:
-    """The user with this id, or None."""
-    return session.get(User, user_id)
+    """The user with this id, or None (also for an id no row can have, which is never queried)."""
+    return session.get(User, user_id) if is_id(user_id) else None

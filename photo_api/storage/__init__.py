@@ -13,12 +13,12 @@ from photo_api.storage.base import (
     StoredObject,
 )
 from photo_api.storage.errors import (
-    InvalidKey,
-    ObjectNotFound,
-    ObjectTooLarge,
-    RangeNotSatisfiable,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    RangeOutsideObjectError,
     StorageError,
-    StorageUnavailable,
+    StorageUnavailableError,
 )
 from photo_api.storage.local import LocalStorage
 from photo_api.storage.swift import SwiftStorage
@@ -40,16 +40,16 @@ def build_storage(name: str, **kwargs: Any) -> Storage:
 __all__ = [
     "BACKENDS",
     "CHUNK_SIZE",
-    "InvalidKey",
+    "InvalidKeyError",
     "LocalStorage",
-    "ObjectNotFound",
+    "ObjectNotFoundError",
     "ObjectReader",
-    "ObjectTooLarge",
+    "ObjectTooLargeError",
     "PresignedUpload",
-    "RangeNotSatisfiable",
+    "RangeOutsideObjectError",
     "Storage",
     "StorageError",
-    "StorageUnavailable",
+    "StorageUnavailableError",
     "StoredObject",
     "SwiftStorage",
     "build_storage",

@@ -8,7 +8,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import BinaryIO, Protocol, Self
 
-from photo_api.storage.errors import RangeNotSatisfiable
+from photo_api.storage.errors import RangeOutsideObjectError
 
 # Large enough to keep syscall and per-chunk overhead low, small enough that a gevent worker
 # streaming many downloads at once holds only a little memory per response.
@@ -90,7 +90,7 @@ def resolve_range(byte_range: tuple[int, int | None] | None, size: int) -> tuple
         # (RFC 9110 §14.1.1), so reaching here is a caller bug, not a 416.
         raise ValueError(f"invalid byte range {byte_range!r}")
     if first >= size:
-        raise RangeNotSatisfiable(size)
+        raise RangeOutsideObjectError(size)
     if last is None or last >= size:
         last = size - 1
     return first, last
@@ -109,7 +109,7 @@ class Storage(Protocol):
         content_type: str,
         max_bytes: int | None = None,
     ) -> StoredObject:
-        """Store the stream under `key` in chunks, atomically; more than `max_bytes` raises ObjectTooLarge."""
+        """Store the stream under `key` in chunks, atomically; more than `max_bytes` raises ObjectTooLargeError."""
         ...
 
     def open(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectReader:
@@ -117,7 +117,7 @@ class Storage(Protocol):
         ...
 
     def head(self, key: str) -> StoredObject:
-        """Return an object's metadata, or raise ObjectNotFound."""
+        """Return an object's metadata, or raise ObjectNotFoundError."""
         ...
 
     def delete(self, key: str) -> None:
@@ -129,5 +129,5 @@ class Storage(Protocol):
         ...
 
     def check(self) -> None:
-        """Raise StorageUnavailable when the backend cannot serve."""
+        """Raise StorageUnavailableError when the backend cannot serve."""
         ...

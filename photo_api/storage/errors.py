@@ -7,11 +7,11 @@ class StorageError(Exception):
     """Base class for every failure a storage backend reports."""
 
 
-class ObjectNotFound(StorageError):
+class ObjectNotFoundError(StorageError):
     """No object is stored under the requested key."""
 
 
-class ObjectTooLarge(StorageError):
+class ObjectTooLargeError(StorageError):
     """More bytes arrived than the caller allowed; nothing was stored."""
 
     def __init__(self, max_bytes: int) -> None:
@@ -19,7 +19,7 @@ class ObjectTooLarge(StorageError):
         self.max_bytes = max_bytes
 
 
-class RangeNotSatisfiable(StorageError):
+class RangeOutsideObjectError(StorageError):
     """The requested byte range starts beyond the object; `size` feeds `Content-Range: bytes */size`."""
 
     def __init__(self, size: int) -> None:
@@ -27,11 +27,11 @@ class RangeNotSatisfiable(StorageError):
         self.size = size
 
 
-class InvalidKey(StorageError, ValueError):
+class InvalidKeyError(StorageError, ValueError):
     """The key is not an acceptable object name (empty, escaping the store, control characters...)."""
 
 
-class StorageUnavailable(StorageError):
+class StorageUnavailableError(StorageError):
     """The backend cannot serve right now; `retry_after` (seconds) is a hint for a 503."""
 
     def __init__(self, message: str = "storage unavailable", *, retry_after: int | None = None) -> None:

@@ -3,8 +3,8 @@
 One `TokenSource` per process caches the token and the storage URL that goes with it. Refreshing is
 done by one caller at a time: while the token is still valid but inside its refresh margin, other
 callers keep using it instead of queueing; once it is missing or expired they wait for that one
-refresh. Keystone's own failures come out as `StorageUnavailable`; a credential rejection is the
-subclass `AuthRejected` and is not retried.
+refresh. Keystone's own failures come out as `StorageUnavailableError`; a credential rejection is the
+subclass `AuthRejectedError` and is not retried.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import requests
 
-from photo_api.resilience import DependencyUnavailable, Resilient, raise_for_transient
-from photo_api.storage.errors import StorageUnavailable
+from photo_api.resilience import DependencyUnavailableError, Resilient, raise_for_transient
+from photo_api.storage.errors import StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ FAILURE_HOLD_S = 1.0
 MAX_MESSAGE_CHARS = 200
 
 
-class AuthRejected(StorageUnavailable):
+class AuthRejectedError(StorageUnavailableError):
     """The auth service refused our credentials (HTTP 401/403): fixing them needs an operator."""
 
 
@@ -87,7 +87,7 @@ class TokenSource:
         self._refresh_lock = threading.Lock()
         self._state_lock = threading.Lock()  # held only for compare-and-set, never across I/O
         self._token: Token | None = None
-        self._failure: tuple[float, StorageUnavailable] | None = None
+        self._failure: tuple[float, StorageUnavailableError] | None = None
 
     def token(self) -> Token:
         """A valid token, authenticating first when needed (one caller at a time)."""
@@ -104,7 +104,7 @@ class TokenSource:
                     return self._token
                 try:
                     return self._refresh()
-                except StorageUnavailable as exc:
+                except StorageUnavailableError as exc:
                     log.warning("storage token refresh failed; using the current token", extra={"error": str(exc)})
                     return current
             finally:
@@ -113,7 +113,7 @@ class TokenSource:
         # policy's timeouts and deadline, so waiting that long (plus a little) is enough.
         wait = self._resilient.policy.deadline + self._resilient.policy.connect_timeout
         if not self._refresh_lock.acquire(timeout=wait):
-            raise StorageUnavailable("timed out waiting for the storage token", retry_after=1)
+            raise StorageUnavailableError("timed out waiting for the storage token", retry_after=1)
         try:
             fresh = self._token
             if fresh is not None and self._clock() < fresh.expires_at:
@@ -140,7 +140,7 @@ class TokenSource:
     def _refresh(self) -> Token:
         try:
             token = self._authenticate()
-        except StorageUnavailable as exc:
+        except StorageUnavailableError as exc:
             self._failure = (self._clock(), exc)
             raise
         with self._state_lock:
@@ -153,12 +153,12 @@ class TokenSource:
         try:
             # Auth has no side effects, so it is retried like any idempotent call.
             return self._resilient.call(attempt, idempotent=True, operation="auth")
-        except DependencyUnavailable as exc:
-            raise StorageUnavailable(
+        except DependencyUnavailableError as exc:
+            raise StorageUnavailableError(
                 f"storage auth service unavailable ({exc.reason})", retry_after=exc.retry_after
             ) from exc
         except requests.RequestException as exc:
-            raise StorageUnavailable(f"storage auth request failed: {type(exc).__name__}") from exc
+            raise StorageUnavailableError(f"storage auth request failed: {type(exc).__name__}") from exc
 
     def _keystone_v2(self) -> Token:
         creds = self._credentials
@@ -172,15 +172,15 @@ class TokenSource:
         with self._session.post(url, json=body, timeout=self._resilient.policy.timeout) as response:
             raise_for_transient(response)
             if response.status_code in (400, 401, 403):
-                raise AuthRejected(f"Keystone refused the credentials: {_keystone_message(response)}")
+                raise AuthRejectedError(f"Keystone refused the credentials: {_keystone_message(response)}")
             if response.status_code != 200:
-                raise StorageUnavailable(f"Keystone answered HTTP {response.status_code}")
+                raise StorageUnavailableError(f"Keystone answered HTTP {response.status_code}")
             try:
                 access = response.json()["access"]
                 token = access["token"]
                 token_id = str(token["id"])
             except (ValueError, KeyError, TypeError) as exc:
-                raise StorageUnavailable("Keystone sent a token response without access.token.id") from exc
+                raise StorageUnavailableError("Keystone sent a token response without access.token.id") from exc
         lifetime = self._keystone_lifetime(token)
         storage_url = creds.storage_url or _catalog_url(access, creds.region)
         return self._make_token(token_id, storage_url, lifetime)
@@ -191,14 +191,14 @@ class TokenSource:
         with self._session.get(creds.auth_url, headers=headers, timeout=self._resilient.policy.timeout) as response:
             raise_for_transient(response)
             if response.status_code in (401, 403):
-                raise AuthRejected(f"Swift auth refused the credentials (HTTP {response.status_code})")
+                raise AuthRejectedError(f"Swift auth refused the credentials (HTTP {response.status_code})")
             if response.status_code not in (200, 204):
-                raise StorageUnavailable(f"Swift auth answered HTTP {response.status_code}")
+                raise StorageUnavailableError(f"Swift auth answered HTTP {response.status_code}")
             token_id = response.headers.get("X-Auth-Token") or response.headers.get("X-Storage-Token")
             storage_url = creds.storage_url or response.headers.get("X-Storage-Url")
             expires_in = response.headers.get("X-Auth-Token-Expires")
         if not token_id or not storage_url:
-            raise StorageUnavailable("Swift auth sent no X-Auth-Token or X-Storage-Url")
+            raise StorageUnavailableError("Swift auth sent no X-Auth-Token or X-Storage-Url")
         lifetime = DEFAULT_TOKEN_LIFETIME_S
         if expires_in is not None:
             try:
@@ -240,7 +240,7 @@ def _catalog_url(access: dict[str, Any], region: str) -> str:
             if not region or str(endpoint.get("region", "")).lower() == region.lower():
                 return str(endpoint["publicURL"])
     where = f" for region {region!r}" if region else ""
-    raise StorageUnavailable(f"the Keystone service catalog has no object-store endpoint{where}")
+    raise StorageUnavailableError(f"the Keystone service catalog has no object-store endpoint{where}")
 
 
 def _keystone_message(response: requests.Response) -> str:

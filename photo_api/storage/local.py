@@ -32,11 +32,11 @@ from photo_api.storage.base import (
     resolve_range,
 )
 from photo_api.storage.errors import (
-    InvalidKey,
-    ObjectNotFound,
-    ObjectTooLarge,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
     StorageError,
-    StorageUnavailable,
+    StorageUnavailableError,
 )
 
 HEADER_MAGIC = b"photo-api-object/1\n"
@@ -151,7 +151,7 @@ class LocalStorage:
         return ObjectReader(obj, start, end, _read_chunks(file, end - start + 1, key), file.close)
 
     def head(self, key: str) -> StoredObject:
-        """Return an object's metadata, or raise ObjectNotFound."""
+        """Return an object's metadata, or raise ObjectNotFoundError."""
         path = self._locate(key)
         with _open_object_file(path, key) as file, _filesystem_errors(key):
             return _read_header(file, key)
@@ -191,14 +191,14 @@ class LocalStorage:
             return False
         try:
             _validate_key(key)
-        except InvalidKey:
+        except InvalidKeyError:
             return False
         if self._clock() >= int(expires):
             return False
         return hmac.compare_digest(self._sign(key, expires), signature)
 
     def check(self) -> None:
-        """Raise StorageUnavailable unless the root is an existing, writable directory."""
+        """Raise StorageUnavailableError unless the root is an existing, writable directory."""
         # A missing root is reported rather than created: it often means a volume that is not
         # mounted, and creating it would quietly put objects on the wrong disk.
         try:
@@ -206,9 +206,9 @@ class LocalStorage:
         except OSError:
             is_dir = False
         if not is_dir:
-            raise StorageUnavailable("local storage root is missing or not a directory")
+            raise StorageUnavailableError("local storage root is missing or not a directory")
         if not os.access(self._root, os.W_OK | os.X_OK):
-            raise StorageUnavailable("local storage root is not writable")
+            raise StorageUnavailableError("local storage root is not writable")
 
     def _locate(self, key: str) -> Path:
         _validate_key(key)
@@ -216,7 +216,7 @@ class LocalStorage:
         path = root.joinpath(*key.split("/"))
         # The key is clean text, but a symlink inside the tree could still lead outside it.
         if not Path(os.path.realpath(path)).is_relative_to(root):
-            raise InvalidKey(f"key {key!r} resolves outside the storage root")
+            raise InvalidKeyError(f"key {key!r} resolves outside the storage root")
         return path
 
     def _sign(self, key: str, expires: str) -> str:
@@ -226,23 +226,23 @@ class LocalStorage:
 
 def _validate_key(key: str) -> None:
     if not key:
-        raise InvalidKey("key must not be empty")
+        raise InvalidKeyError("key must not be empty")
     if key.startswith("/"):
-        raise InvalidKey(f"key {key!r} must be relative")
+        raise InvalidKeyError(f"key {key!r} must be relative")
     if "\\" in key:
-        raise InvalidKey(f"key {key!r} must not contain a backslash")
+        raise InvalidKeyError(f"key {key!r} must not contain a backslash")
     # Category C covers control characters (NUL included), lone surrogates and invisible format
     # characters; none belongs in an object name, and surrogates cannot even be encoded.
     if any(unicodedata.category(char).startswith("C") for char in key):
-        raise InvalidKey(f"key {key!r} contains control or format characters")
+        raise InvalidKeyError(f"key {key!r} contains control or format characters")
     if len(key.encode()) > MAX_KEY_BYTES:
-        raise InvalidKey(f"key is longer than {MAX_KEY_BYTES} bytes")
+        raise InvalidKeyError(f"key is longer than {MAX_KEY_BYTES} bytes")
     for segment in key.split("/"):
         # A leading dot rules out ".", ".." and our own temp files in one check.
         if not segment or segment.startswith("."):
-            raise InvalidKey(f"key {key!r} has an empty or dot-leading segment")
+            raise InvalidKeyError(f"key {key!r} has an empty or dot-leading segment")
         if len(segment.encode()) > MAX_SEGMENT_BYTES:
-            raise InvalidKey(f"key {key!r} has a segment longer than {MAX_SEGMENT_BYTES} bytes")
+            raise InvalidKeyError(f"key {key!r} has a segment longer than {MAX_SEGMENT_BYTES} bytes")
 
 
 def _validate_content_type(content_type: str) -> None:
@@ -252,7 +252,7 @@ def _validate_content_type(content_type: str) -> None:
 
 
 def _copy_limited(stream: BinaryIO, out: BinaryIO, max_bytes: int | None, key: str) -> tuple[str, int]:
-    """Copy `stream` to `out` chunk by chunk; return (hex MD5, size) or raise ObjectTooLarge."""
+    """Copy `stream` to `out` chunk by chunk; return (hex MD5, size) or raise ObjectTooLargeError."""
     digest = hashlib.md5(usedforsecurity=False)  # an etag, not a security control
     size = 0
     while True:
@@ -264,7 +264,7 @@ def _copy_limited(stream: BinaryIO, out: BinaryIO, max_bytes: int | None, key: s
             return digest.hexdigest(), size
         size += len(chunk)
         if max_bytes is not None and size > max_bytes:
-            raise ObjectTooLarge(max_bytes)
+            raise ObjectTooLargeError(max_bytes)
         digest.update(chunk)
         with _filesystem_errors(key):
             out.write(chunk)
@@ -308,7 +308,7 @@ def _open_object_file(path: Path, key: str) -> BinaryIO:
     try:
         return path.open("rb")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        raise ObjectNotFound(key) from exc
+        raise ObjectNotFoundError(key) from exc
     except OSError as exc:
         raise _translate_os_error(exc, key) from exc
 
@@ -342,9 +342,9 @@ def _filesystem_errors(key: str) -> Generator[None, None, None]:
 
 def _translate_os_error(exc: OSError, key: str) -> StorageError:
     if exc.errno in _UNAVAILABLE_ERRNOS:
-        return StorageUnavailable(f"local storage failed: {exc.strerror}")
-    # Reads map these to ObjectNotFound before getting here; for a write they mean the key's
+        return StorageUnavailableError(f"local storage failed: {exc.strerror}")
+    # Reads map these to ObjectNotFoundError before getting here; for a write they mean the key's
     # path is taken by a directory of other objects, or runs through an existing object.
     if isinstance(exc, NotADirectoryError | IsADirectoryError | FileExistsError):
-        return InvalidKey(f"key {key!r} collides with an existing object or directory")
+        return InvalidKeyError(f"key {key!r} collides with an existing object or directory")
     return StorageError(f"local storage failed on {key!r}: {exc.strerror}")

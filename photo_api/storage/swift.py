@@ -40,8 +40,8 @@ from requests.adapters import HTTPAdapter
 from photo_api.resilience import (
     RETRYABLE_STATUSES,
     Bulkhead,
-    BulkheadFull,
-    DependencyUnavailable,
+    BulkheadFullError,
+    DependencyUnavailableError,
     Events,
     Policy,
     Resilient,
@@ -49,12 +49,12 @@ from photo_api.resilience import (
 )
 from photo_api.storage.base import CHUNK_SIZE, ObjectReader, PresignedUpload, StoredObject, resolve_range
 from photo_api.storage.errors import (
-    InvalidKey,
-    ObjectNotFound,
-    ObjectTooLarge,
-    RangeNotSatisfiable,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    RangeOutsideObjectError,
     StorageError,
-    StorageUnavailable,
+    StorageUnavailableError,
 )
 from photo_api.storage.keystone import Credentials, Token, TokenSource
 
@@ -78,7 +78,7 @@ _UNSATISFIED_RANGE_RE = re.compile(r"bytes \*/(\d+)")
 _SEVERITY: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 
-class _TokenRejected(Exception):
+class _TokenRejectedError(Exception):
     """Swift answered 401: the token expired or was revoked (an answer, so the breaker stays closed)."""
 
 
@@ -107,10 +107,12 @@ class _UploadBody:
         return self._start is not None
 
     def chunks(self) -> Iterator[bytes]:
-        """Start (or restart) the body; raise StorageUnavailable when it cannot be sent again."""
+        """Start (or restart) the body; raise StorageUnavailableError when it cannot be sent again."""
         if self._started:
             if self._start is None:
-                raise StorageUnavailable("the upload was interrupted and its body cannot be replayed", retry_after=1)
+                raise StorageUnavailableError(
+                    "the upload was interrupted and its body cannot be replayed", retry_after=1
+                )
             self._stream.seek(self._start)
         self._started = True
         self.size = 0
@@ -132,7 +134,7 @@ class _UploadBody:
             if limit is not None and self.size > limit:
                 # Raised inside requests' body loop: the connection is closed before the final
                 # zero-length chunk, so Swift never commits the object.
-                raise ObjectTooLarge(limit)
+                raise ObjectTooLargeError(limit)
             self.md5.update(chunk)
             yield chunk
 
@@ -215,7 +217,7 @@ class SwiftStorage:
         content_type: str,
         max_bytes: int | None = None,
     ) -> StoredObject:
-        """Stream `stream` to Swift in chunks, checking size and MD5; raise ObjectTooLarge past `max_bytes`."""
+        """Stream `stream` to Swift in chunks, checking size and MD5; raise ObjectTooLargeError past `max_bytes`."""
         _validate_key(key)
         _validate_content_type(content_type)
         if max_bytes is not None and max_bytes < 0:
@@ -239,7 +241,7 @@ class SwiftStorage:
             status = response.status_code
             if status == 404:
                 self._container_ready = False  # deleted behind our back: the next upload recreates it
-                raise StorageUnavailable(f"container {self._container!r} is missing", retry_after=1)
+                raise StorageUnavailableError(f"container {self._container!r} is missing", retry_after=1)
             if status == 422:
                 raise StorageError(f"Swift rejected the upload of {key!r} as corrupt (HTTP 422)")
             if status != 201:
@@ -273,12 +275,12 @@ class SwiftStorage:
         try:
             status = response.status_code
             if status == 404:
-                raise ObjectNotFound(key)
+                raise ObjectNotFoundError(key)
             if status == 416:
                 match = _UNSATISFIED_RANGE_RE.fullmatch(response.headers.get("Content-Range", ""))
                 if match is None:
                     raise StorageError(f"Swift sent 416 without the object size for {key!r}")
-                raise RangeNotSatisfiable(int(match.group(1)))
+                raise RangeOutsideObjectError(int(match.group(1)))
             if status == 206:
                 match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", ""))
                 if match is None:
@@ -300,7 +302,7 @@ class SwiftStorage:
         return ObjectReader(obj, start, end, chunks, response.close)
 
     def head(self, key: str) -> StoredObject:
-        """Return an object's metadata, or raise ObjectNotFound."""
+        """Return an object's metadata, or raise ObjectNotFoundError."""
         _validate_key(key)
 
         def send(token: Token) -> requests.Response:
@@ -310,7 +312,7 @@ class SwiftStorage:
 
         with self._request(send, "head", idempotent=True, deadline=self._policy.deadline) as response:
             if response.status_code == 404:
-                raise ObjectNotFound(key)
+                raise ObjectNotFoundError(key)
             if response.status_code != 200:
                 _unexpected(response, f"metadata of {key!r}")
             return _stored_object(key, response, _content_length(response, key), self._wall_clock)
@@ -344,7 +346,7 @@ class SwiftStorage:
         )
 
     def check(self) -> None:
-        """HEAD the container within the health-check timeout; raise StorageUnavailable if Swift cannot serve.
+        """HEAD the container within the health-check timeout; raise StorageUnavailableError if Swift cannot serve.
 
         A missing container passes: Swift answered, and the first upload creates it.
         """
@@ -359,7 +361,9 @@ class SwiftStorage:
         # One attempt: the health check must answer within its own budget.
         with self._request(send, "check", idempotent=False, deadline=self._check_timeout) as response:
             if response.status_code not in (200, 204, 404):
-                raise StorageUnavailable(f"object storage answered the health check with HTTP {response.status_code}")
+                raise StorageUnavailableError(
+                    f"object storage answered the health check with HTTP {response.status_code}"
+                )
 
     # ------------------------------------------------------------------ beyond the protocol
 
@@ -397,15 +401,15 @@ class SwiftStorage:
             token = self._tokens.token()
             try:
                 return self._attempt(send, token, operation, idempotent=idempotent, deadline=deadline)
-            except _TokenRejected:
+            except _TokenRejectedError:
                 self._tokens.invalidate(token)
             token = self._tokens.token()
             try:
                 return self._attempt(send, token, operation, idempotent=idempotent, deadline=deadline)
-            except _TokenRejected:
+            except _TokenRejectedError:
                 # A brand-new token refused: wrong storage URL or tenant, or an account problem.
                 self._tokens.invalidate(token)
-                raise StorageUnavailable("object storage refused a freshly issued token") from None
+                raise StorageUnavailableError("object storage refused a freshly issued token") from None
 
     def _attempt(
         self,
@@ -421,13 +425,15 @@ class SwiftStorage:
             if response.status_code == 401 or response.status_code in RETRYABLE_STATUSES:
                 response.close()  # a streamed response holds its connection until closed
             if response.status_code == 401:
-                raise _TokenRejected()
+                raise _TokenRejectedError()
             return raise_for_transient(response)
 
         try:
             return self._resilient.call(call, idempotent=idempotent, deadline_s=deadline, operation=operation)
-        except DependencyUnavailable as exc:
-            raise StorageUnavailable(f"object storage unavailable ({exc.reason})", retry_after=exc.retry_after) from exc
+        except DependencyUnavailableError as exc:
+            raise StorageUnavailableError(
+                f"object storage unavailable ({exc.reason})", retry_after=exc.retry_after
+            ) from exc
         except requests.RequestException as exc:
             raise StorageError(f"object storage request failed: {type(exc).__name__}") from exc
 
@@ -436,8 +442,8 @@ class SwiftStorage:
         try:
             with self._bulkhead.slot():
                 yield
-        except BulkheadFull as exc:
-            raise StorageUnavailable(
+        except BulkheadFullError as exc:
+            raise StorageUnavailableError(
                 "too many storage calls in flight in this worker", retry_after=exc.retry_after
             ) from None
 
@@ -467,7 +473,7 @@ class SwiftStorage:
                     if response.status_code not in (201, 202):
                         _unexpected(response, f"creation of container {self._container!r}")
             elif status not in (200, 204):
-                raise StorageUnavailable(f"container {self._container!r} answered HTTP {status}")
+                raise StorageUnavailableError(f"container {self._container!r} answered HTTP {status}")
             self._container_ready = True
 
     def _delete_quietly(self, key: str) -> None:
@@ -560,7 +566,7 @@ def _unexpected(response: requests.Response, what: str) -> NoReturn:
     status = response.status_code
     if status in (401, 403) or status >= 500:
         # Credentials, account or server trouble: nothing the caller did, and not fixed by a retry now.
-        raise StorageUnavailable(f"object storage answered HTTP {status} to the {what}")
+        raise StorageUnavailableError(f"object storage answered HTTP {status} to the {what}")
     raise StorageError(f"object storage answered HTTP {status} to the {what}")
 
 
@@ -572,15 +578,15 @@ def _validate_container(container: str) -> None:
 def _validate_key(key: str) -> None:
     """Keys that survive URL handling unchanged: urllib3 would fold "." and ".." segments away."""
     if not key:
-        raise InvalidKey("key must not be empty")
+        raise InvalidKeyError("key must not be empty")
     if key.startswith("/"):
-        raise InvalidKey(f"key {key!r} must be relative")
+        raise InvalidKeyError(f"key {key!r} must be relative")
     if any(unicodedata.category(char).startswith("C") for char in key):
-        raise InvalidKey(f"key {key!r} contains control or format characters")
+        raise InvalidKeyError(f"key {key!r} contains control or format characters")
     if len(key.encode()) > MAX_KEY_BYTES:
-        raise InvalidKey(f"key is longer than {MAX_KEY_BYTES} bytes")
+        raise InvalidKeyError(f"key is longer than {MAX_KEY_BYTES} bytes")
     if any(segment in ("", ".", "..") for segment in key.split("/")):
-        raise InvalidKey(f"key {key!r} has an empty or dot segment")
+        raise InvalidKeyError(f"key {key!r} has an empty or dot segment")
 
 
 def _validate_content_type(content_type: str) -> None:

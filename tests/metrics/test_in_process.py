@@ -16,7 +16,7 @@ from sqlalchemy import text
 from photo_api import create_app, metrics
 from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
-from photo_api.errors import PayloadTooLarge
+from photo_api.errors import PayloadTooLargeError
 from tests.harness.users import Users
 from tests.metrics.conftest import Scrape, parse
 
@@ -123,8 +123,8 @@ def test_domain_helpers_keep_labels_bounded(app: Flask) -> None:
     metrics.upload("carrier-pigeon", "lost")  # a slip in route code: recorded, but as "other"
     with metrics.upload_attempt("presigned") as attempt:
         attempt.stored(250)
-    with pytest.raises(PayloadTooLarge), metrics.upload_attempt("presigned"):
-        raise PayloadTooLarge()
+    with pytest.raises(PayloadTooLargeError), metrics.upload_attempt("presigned"):
+        raise PayloadTooLargeError()
     with pytest.raises(RuntimeError), metrics.upload_attempt("presigned"):
         raise RuntimeError("storage broke")
     metrics.image_delivery("stream", metrics.delivery_result(206))

@@ -26,7 +26,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from photo_api import metrics
 from photo_api.config import load_settings
-from photo_api.resilience import DependencyUnavailable, Policy, Resilient, raise_for_transient
+from photo_api.resilience import DependencyUnavailableError, Policy, Resilient, raise_for_transient
 from tests import python_child
 from tests.harness.env import TEST_SECRET
 from tests.metrics.conftest import parse
@@ -138,7 +138,7 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
 
     # Three 503s: two retries, the third failure gives up and opens the circuit.
     dependency.statuses = [503] * MAX_TRIES
-    with pytest.raises(DependencyUnavailable):
+    with pytest.raises(DependencyUnavailableError):
         client.call(fetch, dependency.url, operation="get")
     assert value("photo_api_retry_attempts_total", service=service, result="retry") == MAX_TRIES - 1
     assert value("photo_api_retry_attempts_total", service=service, result="giveup") == 1
@@ -147,7 +147,7 @@ def test_breaker_state_retries_and_durations_follow_injected_failures(dependency
 
     # Open: refused without a request reaching the dependency.
     reached = dependency.requests
-    with pytest.raises(DependencyUnavailable):
+    with pytest.raises(DependencyUnavailableError):
         client.call(fetch, dependency.url, operation="get")
     assert dependency.requests == reached
     assert value("photo_api_circuit_breaker_rejected_total", service=service) == 1
@@ -184,7 +184,7 @@ def test_outcomes_other_than_answers_and_unavailability() -> None:
 
     with pytest.raises(ValueError):
         client.call(broken, operation="put")
-    with pytest.raises(DependencyUnavailable):
+    with pytest.raises(DependencyUnavailableError):
         client.call(stalled, operation="put")
     with pytest.raises(greenlet.GreenletExit):
         client.call(cancelled, operation="put")
@@ -247,7 +247,7 @@ WORKER_SCRIPT = textwrap.dedent(
     import requests
     from photo_api import metrics
     from photo_api.config import load_settings
-    from photo_api.resilience import DependencyUnavailable, Policy, Resilient, raise_for_transient
+    from photo_api.resilience import DependencyUnavailableError, Policy, Resilient, raise_for_transient
 
     url, service, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     policy = Policy(service=service, connect_timeout=1, read_timeout=2, deadline=5, max_tries=3, max_time=5,
@@ -258,7 +258,7 @@ WORKER_SCRIPT = textwrap.dedent(
     if mode != "idle":
         try:
             client.call(lambda: raise_for_transient(requests.get(url + ("?fail" if mode == "fail" else ""), timeout=2)))
-        except DependencyUnavailable:
+        except DependencyUnavailableError:
             pass
     print(json.dumps({"state": client.state, "pid": os.getpid()}))
     """

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, cast
 import pytest
 
 from photo_api.resilience import Bulkhead
-from photo_api.storage import ObjectNotFound, StorageError, StorageUnavailable, SwiftStorage
+from photo_api.storage import ObjectNotFoundError, StorageError, StorageUnavailableError, SwiftStorage
 from tests import python_child
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.storage_contract import GeneratedStream, pseudo_random_chunks
@@ -115,7 +115,7 @@ def test_retry_after_of_a_429_is_honoured(
     assert error is None
     assert events.retries == [("storage", 1.0)]
     assert took >= 1.0
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFoundError):
         storage.head(key)
 
 
@@ -137,10 +137,10 @@ def test_a_seekable_upload_is_retried_and_a_stream_is_not(
     stream = GeneratedStream(pseudo_random_chunks(100_000))
     swift_proxy.set(Fault.http_error(503, count=1))
     before = swift_proxy.connections
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailableError):
         storage.put(other, cast(BinaryIO, stream), content_type="image/png")
     assert swift_proxy.connections - before == 1, "a consumed stream cannot be sent again"
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFoundError):
         storage.head(other)
 
 
@@ -150,7 +150,7 @@ def test_client_errors_are_not_retried(stored: tuple[SwiftStorage, str], swift_p
     before = swift_proxy.connections
     with pytest.raises(StorageError) as caught:
         storage.head(key)
-    assert not isinstance(caught.value, StorageUnavailable)
+    assert not isinstance(caught.value, StorageUnavailableError)
     assert swift_proxy.connections - before == 1
     assert storage.breaker_state == "closed"
 
@@ -160,7 +160,7 @@ def test_client_errors_are_not_retried(stored: tuple[SwiftStorage, str], swift_p
 
 def open_the_breaker(storage: SwiftStorage, key: str, proxy: FaultProxy) -> None:
     proxy.set(Fault.reset())
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailableError):
         storage.head(key)  # three tries, three failures: the threshold
     assert storage.breaker_state == "open"
 
@@ -173,11 +173,11 @@ def test_open_breaker_fails_fast_without_touching_the_network(
     seen = swift_proxy.connections
     for call in (lambda: storage.head(key), lambda: storage.open(key), lambda: storage.delete(key)):
         took, error = elapsed(call)
-        assert isinstance(error, StorageUnavailable)
+        assert isinstance(error, StorageUnavailableError)
         assert 1 <= (error.retry_after or 0) <= RECOVERY_S
         assert took < FAIL_FAST_S
     took, error = elapsed(lambda: storage.put(key + ".new", io.BytesIO(b"x"), content_type="image/png"))
-    assert isinstance(error, StorageUnavailable) and took < FAIL_FAST_S
+    assert isinstance(error, StorageUnavailableError) and took < FAIL_FAST_S
     assert swift_proxy.connections == seen, "an open breaker must not open connections"
     assert ("storage", "closed", "open") in events.states
 
@@ -197,7 +197,7 @@ def test_half_open_admits_one_trial_and_its_success_closes(
     while swift_proxy.connections == seen:
         time.sleep(0.01)
     took, error = elapsed(lambda: storage.head(key))
-    assert isinstance(error, StorageUnavailable) and took < FAIL_FAST_S  # a second caller is turned away
+    assert isinstance(error, StorageUnavailableError) and took < FAIL_FAST_S  # a second caller is turned away
     thread.join(10)
     assert trial == [len(b"stored bytes")]
     assert swift_proxy.connections == seen + 1
@@ -212,7 +212,7 @@ def test_a_failed_trial_opens_the_breaker_again(
     open_the_breaker(storage, key, swift_proxy)
     clock.advance(RECOVERY_S + 1)
     seen = swift_proxy.connections
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailableError):
         storage.head(key)
     assert swift_proxy.connections == seen + 1  # one trial, not a retry sequence
     assert storage.breaker_state == "open"
@@ -231,7 +231,7 @@ def test_blackholed_swift_is_bounded_by_the_read_timeout(
     swift_proxy.set(Fault.blackhole())
     for call in (lambda: storage.head(key), lambda: storage.open(key)):
         took, error = elapsed(call)
-        assert isinstance(error, StorageUnavailable)
+        assert isinstance(error, StorageUnavailableError)
         assert 0.8 <= took < 1.5
 
 
@@ -243,7 +243,7 @@ def test_health_check_gets_one_attempt_within_its_timeout(
     swift_proxy.set(Fault.blackhole())
     before = swift_proxy.connections
     took, error = elapsed(storage.check)
-    assert isinstance(error, StorageUnavailable)
+    assert isinstance(error, StorageUnavailableError)
     assert 0.3 <= took < 0.8
     assert swift_proxy.connections - before == 1
 
@@ -253,7 +253,7 @@ GEVENT_DEADLINE = textwrap.dedent(
     from gevent import monkey; monkey.patch_all()
     import json, sys, time
     from photo_api.resilience import Bulkhead
-    from photo_api.storage import StorageUnavailable, SwiftStorage
+    from photo_api.storage import StorageUnavailableError, SwiftStorage
     from tests.swift.conftest import fast_policy
     auth_url, user, password, storage_url, container, key = sys.argv[1:7]
     # A read timeout far beyond the deadline: only the deadline can end these calls early.
@@ -270,7 +270,7 @@ GEVENT_DEADLINE = textwrap.dedent(
         try:
             call()
             results[name] = ["no error", time.monotonic() - started]
-        except StorageUnavailable as exc:
+        except StorageUnavailableError as exc:
             results[name] = [str(exc), time.monotonic() - started]
     print(json.dumps(results), flush=True)
     """
@@ -321,14 +321,14 @@ def test_bulkhead_bounds_concurrent_calls(
         time.sleep(0.01)
     seen = swift_proxy.connections
     took, error = elapsed(lambda: storage.head(key))
-    assert isinstance(error, StorageUnavailable) and "too many" in str(error)
+    assert isinstance(error, StorageUnavailableError) and "too many" in str(error)
     assert 0.1 <= took < 0.3
     assert swift_proxy.connections == seen
     for t in stuck:
         t.join(5)
-    assert [type(e) for e in outcomes] == [StorageUnavailable, StorageUnavailable]  # their read timeouts
+    assert [type(e) for e in outcomes] == [StorageUnavailableError, StorageUnavailableError]  # their read timeouts
     swift_proxy.pass_through()
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFoundError):
         storage.head(key)  # slots were given back
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from photo_api.storage import ObjectNotFound, StorageUnavailable, SwiftStorage
+from photo_api.storage import ObjectNotFoundError, StorageUnavailableError, SwiftStorage
 from photo_api.storage.keystone import REFRESH_MARGIN_FRACTION
 from tests import python_child
 from tests.harness.faultproxy import Fault, FaultProxy
@@ -96,9 +96,9 @@ def test_region_picks_the_matching_endpoint(
     keystone.endpoints = [("KR2", DEAD_URL), ("KR1", keystone.endpoints[0][1])]
     make_v2(region="kr1").put(key, io.BytesIO(b"kr1"), content_type="image/png")
     # Without a region the first endpoint is used, which here refuses connections.
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailableError):
         make_v2(region="", policy=fast_policy(max_tries=1)).head(key)
-    with pytest.raises(StorageUnavailable, match="region 'JP1'"):
+    with pytest.raises(StorageUnavailableError, match="region 'JP1'"):
         make_v2(region="JP1").head(key)
 
 
@@ -115,12 +115,12 @@ def test_wrong_credentials_fail_clearly_and_are_not_retried(
     make_v2: Callable[..., SwiftStorage], keystone: KeystoneDouble, key: str
 ) -> None:
     storage = make_v2(password="not-the-password")
-    with pytest.raises(StorageUnavailable, match="requires authentication") as caught:
+    with pytest.raises(StorageUnavailableError, match="requires authentication") as caught:
         storage.head(key)
     assert "not-the-password" not in str(caught.value)
     assert (keystone.requests, keystone.rejected) == (1, 1)
     # Callers arriving right after share that answer instead of asking Keystone again.
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailableError):
         storage.head(key)
     assert keystone.requests == 1
     assert storage.breaker_states["storage_auth"] == "closed"  # a refusal is an answer, not an outage
@@ -166,7 +166,7 @@ def test_keystone_5xx_burst_is_retried(
     with FaultProxy(("127.0.0.1", keystone.port)) as front:
         front.set(Fault.http_error(503, count=2))
         storage = make_v2(auth_url=f"{front.url}/v2.0")
-        with pytest.raises(ObjectNotFound):
+        with pytest.raises(ObjectNotFoundError):
             storage.head(key)
         assert front.connections == 3
         assert keystone.requests == 1
@@ -178,7 +178,7 @@ def test_blackholed_keystone_is_bounded_by_the_auth_timeout(make_v2: Callable[..
         auth = fast_policy("storage_auth", read_timeout=0.3, deadline=0.3, max_tries=2, max_time=0.5)
         storage = make_v2(auth_url=f"{front.url}/v2.0", auth_policy=auth)
         started = time.monotonic()
-        with pytest.raises(StorageUnavailable, match="auth"):
+        with pytest.raises(StorageUnavailableError, match="auth"):
             storage.head(key)
         # Outside gevent the read timeout bounds each try: 2 tries x 0.3 s plus a tiny backoff.
         assert 0.6 <= time.monotonic() - started < 1.5

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import pytest
 import requests
 
-from photo_api.storage import InvalidKey, ObjectNotFound, StorageError, StorageUnavailable, SwiftStorage
+from photo_api.storage import InvalidKeyError, ObjectNotFoundError, StorageError, StorageUnavailableError, SwiftStorage
 from tests.storage_contract import StorageContract, pseudo_random_chunks
 from tests.swift.conftest import MakeStorage, Swift, fast_policy
 
@@ -105,7 +105,7 @@ def test_tampered_tempurls_are_refused(storage: SwiftStorage, key: str) -> None:
         assert requests.put(url, data=b"x", headers=upload.headers, timeout=10).status_code == 401
     # A download signature does not allow an upload.
     assert requests.put(storage.presign_download(key, expires_in=60), data=b"x", timeout=10).status_code == 401
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFoundError):
         storage.head(key)
 
 
@@ -131,9 +131,9 @@ def test_object_names_are_percent_encoded(storage: SwiftStorage, swift: Swift, c
 
 @pytest.mark.parametrize("bad", ["", "/abs", "a//b", "a/./b", "a/../b", "..", "a/", "a\x00b", "a\nb", "x" * 1025])
 def test_keys_that_urls_would_alter_are_refused(storage: SwiftStorage, bad: str) -> None:
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.put(bad, io.BytesIO(b"x"), content_type="image/png")
-    with pytest.raises(InvalidKey):
+    with pytest.raises(InvalidKeyError):
         storage.head(bad)
 
 
@@ -153,7 +153,7 @@ def test_container_is_created_once_per_process(make_storage: MakeStorage, swift:
 
 def test_check_reports_an_account_it_cannot_use(make_storage: MakeStorage, swift: Swift) -> None:
     other_account = swift.storage_url.rsplit("/", 1)[0] + "/AUTH_someoneelse"
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(StorageUnavailableError):
         make_storage(storage_url=other_account).check()
 
 
@@ -162,7 +162,7 @@ def test_check_reports_an_account_it_cannot_use(make_storage: MakeStorage, swift
 
 def test_wrong_swift_key_is_a_clear_unavailable_error(make_storage: MakeStorage, key: str) -> None:
     storage = make_storage(password="wrong")
-    with pytest.raises(StorageUnavailable, match="refused the credentials"):
+    with pytest.raises(StorageUnavailableError, match="refused the credentials"):
         storage.head(key)
     assert storage.breaker_states == {"storage": "closed", "storage_auth": "closed"}
 
@@ -232,5 +232,5 @@ def test_a_failing_source_is_not_a_storage_failure(make_storage: MakeStorage, ke
     with pytest.raises(ConnectionResetError, match="client went away"):
         storage.put(key, cast(BinaryIO, FailingSource(3)), content_type="image/png")
     assert storage.breaker_state == "closed"
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFoundError):
         storage.head(key)  # the half-sent body was discarded by Swift
