@@ -12,7 +12,7 @@ import pytest
 from photo_api import migrate
 from tests.harness.databases import pg_database
 from tests.harness.env import TEST_SECRET, production_env
-from tests.harness.server import clean_environment, console_script
+from tests.harness.server import run_command
 from tests.test_migrations import FUTURE_REVISION, newer_release_migrated
 
 CLI_TIMEOUT_S = 60
@@ -23,15 +23,7 @@ TEMP_URL_KEY = "temp-url-key-do-not-print"
 
 def run(command: str, *args: str, env: Mapping[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run an installed console script of this virtualenv and capture its output."""
-    return subprocess.run(
-        [console_script(command), *args],
-        env=clean_environment(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+    return run_command(command, *args, env=env, cwd=cwd, timeout=CLI_TIMEOUT_S)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests import REPO
 from tests.harness.ci import unavailable
 from tests.harness.databases import pg_database
 from tests.harness.env import production_env
-from tests.harness.server import ServeProcess, clean_environment
+from tests.harness.server import ServeProcess, run_command
 from tests.harness.users import Users
 
 pytestmark = pytest.mark.slow
@@ -82,15 +82,7 @@ def empty_pg_url() -> Iterator[str]:
 
 
 def cli(bin_dir: Path, *args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(bin_dir / "photo-api"), *args],
-        env=clean_environment(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+    return run_command(str(bin_dir / "photo-api"), *args, env=env, cwd=cwd, timeout=CLI_TIMEOUT_S)
 
 
 def installed_package(bin_dir: Path) -> Path:

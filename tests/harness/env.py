@@ -57,6 +57,18 @@ def lifecycle_env(
     return env
 
 
+# STORAGE_BACKEND=swift with Keystone settings that point at a closed port: building the app or the backend
+# must not touch the network, and nothing that uses this calls Swift.
+OFFLINE_SWIFT_ENV = {
+    "STORAGE_BACKEND": "swift",
+    "NHN_STORAGE_AUTH_URL": "http://127.0.0.1:9/v2.0",
+    "NHN_STORAGE_TENANT_ID": "0123456789abcdef0123456789abcdef",
+    "NHN_STORAGE_IAM_USER": "photo-api@example.com",
+    "NHN_STORAGE_IAM_PASSWORD": "api-password",
+    "NHN_STORAGE_CONTAINER": "photos",
+}
+
+
 def swift_settings(
     *, auth_url: str, storage_url: str, user: str, key: str, container: str, temp_url_key: str
 ) -> dict[str, str]:

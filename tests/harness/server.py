@@ -48,6 +48,19 @@ def console_script(name: str) -> str:
     return str(path)
 
 
+CLI_TIMEOUT_S = 120
+
+
+def run_command(
+    script: str, *args: str, env: Mapping[str, str] | None = None, cwd: Path, timeout: float = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """Run a console script (a path, or the name of one of this virtualenv's) with a clean environment."""
+    path = script if os.sep in script else console_script(script)
+    return subprocess.run(
+        [path, *args], env=clean_environment(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A minimal environment for a child process plus `extra`: no settings inherited from the caller."""
     env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}

@@ -28,7 +28,7 @@ from photo_api import metrics
 from photo_api.config import load_settings
 from photo_api.resilience import DependencyUnavailableError, Policy, Resilient, raise_for_transient
 from tests import python_child
-from tests.harness.env import TEST_SECRET
+from tests.harness.env import OFFLINE_SWIFT_ENV, TEST_SECRET
 from tests.metrics.conftest import parse
 
 FAILURE_THRESHOLD = 3
@@ -205,20 +205,11 @@ BOOT_SCRIPT = textwrap.dedent(
     sys.stdout.write(metrics.render().decode())
     """
 )
-SWIFT_ENV = {
-    "STORAGE_BACKEND": "swift",
-    # Nothing listens there: building the app must not touch the network, and nothing here calls it.
-    "NHN_STORAGE_AUTH_URL": "http://127.0.0.1:9/v2.0",
-    "NHN_STORAGE_TENANT_ID": "0123456789abcdef0123456789abcdef",
-    "NHN_STORAGE_IAM_USER": "photo-api@example.com",
-    "NHN_STORAGE_IAM_PASSWORD": "api-password",
-    "NHN_STORAGE_CONTAINER": "photos",
-}
 
 
 def test_every_policy_of_swift_storage_has_its_series_from_boot(tmp_path: Path) -> None:
     # A fresh process: the registry of this one has seen other tests' events.
-    env = {**SWIFT_ENV, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "JWT_SECRET_KEY": TEST_SECRET}
+    env = {**OFFLINE_SWIFT_ENV, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "JWT_SECRET_KEY": TEST_SECRET}
     child_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     proc = subprocess.run(
         [*python_child(BOOT_SCRIPT), json.dumps(env)],

@@ -12,21 +12,16 @@ from photo_api.app import create_app, swift_storage_options
 from photo_api.config import load_settings
 from photo_api.resilience import Bulkhead, Policies
 from photo_api.storage import SwiftStorage
-from tests.harness.env import TEST_SECRET
-
-SWIFT_ENV = {
-    "STORAGE_BACKEND": "swift",
-    # Nothing listens there: building the backend must not touch the network.
-    "NHN_STORAGE_AUTH_URL": "http://127.0.0.1:9/v2.0",
-    "NHN_STORAGE_TENANT_ID": "0123456789abcdef0123456789abcdef",
-    "NHN_STORAGE_IAM_USER": "photo-api@example.com",
-    "NHN_STORAGE_IAM_PASSWORD": "api-password",
-    "NHN_STORAGE_CONTAINER": "photos",
-}
+from tests.harness.env import OFFLINE_SWIFT_ENV, TEST_SECRET
 
 
 def settings(tmp_path: Path, **extra: str) -> Any:
-    env = {**SWIFT_ENV, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "JWT_SECRET_KEY": TEST_SECRET, **extra}
+    env = {
+        **OFFLINE_SWIFT_ENV,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "JWT_SECRET_KEY": TEST_SECRET,
+        **extra,
+    }
     return load_settings(environ=env)
 
 
