@@ -17,8 +17,13 @@ from tests.test_migrations import FUTURE_REVISION, newer_release_migrated
 
 CLI_TIMEOUT_S = 60
 DB_PASSWORD = "db-password-do-not-print"
+DB_SSL_PASSWORD = "db-ssl-password-do-not-print"
 SWIFT_PASSWORD = "swift-password-do-not-print"
-TEMP_URL_KEY = "temp-url-key-do-not-print"
+TEMP_URL_KEY = "temp-url-key-do-not-print-Vr5wQ1xZ8mKc3Lp7Hs2Ng6Td"  # strong enough for production
+AUTH_URL_PASSWORD = "auth-url-password-do-not-print"
+LOG_APPKEY = "log-appkey-do-not-print"
+LOG_URL_PASSWORD = "log-url-password-do-not-print"
+PUSH_PASSWORD = "push-password-do-not-print"
 
 
 def run(command: str, *args: str, env: Mapping[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -36,15 +41,19 @@ def fresh_pg_url() -> Iterator[str]:
 def test_check_config_prints_settings_with_secrets_redacted(tmp_path: Path) -> None:
     env = {
         "ENVIRONMENT": "Production",
-        "DATABASE_URL": f"postgresql://photo:{DB_PASSWORD}@db.internal:5432/photos",
+        "DATABASE_URL": f"postgresql://photo:{DB_PASSWORD}@db.internal:5432/photos?sslpassword={DB_SSL_PASSWORD}",
         "JWT_SECRET_KEY": TEST_SECRET,
         "STORAGE_BACKEND": "swift",
-        "NHN_STORAGE_AUTH_URL": "https://api-identity.example.com/v2.0",
+        "NHN_STORAGE_AUTH_URL": f"https://keystone:{AUTH_URL_PASSWORD}@api-identity.example.com/v2.0",
         "NHN_STORAGE_TENANT_ID": "tenant",
         "NHN_STORAGE_IAM_USER": "user@example.com",
         "NHN_STORAGE_IAM_PASSWORD": SWIFT_PASSWORD,
         "NHN_STORAGE_CONTAINER": "photos",
         "NHN_STORAGE_TEMP_URL_KEY": TEMP_URL_KEY,
+        "NHN_LOG_APPKEY": LOG_APPKEY,
+        "NHN_LOG_URL": f"https://logs.example.com/v2/log?password={LOG_URL_PASSWORD}",
+        "PROMETHEUS_PUSHGATEWAY_URL": f"http://pusher:{PUSH_PASSWORD}@pushgateway.internal:9091",
+        "PUBLIC_BASE_URL": "https://photos.example.com",
         "DB_POOL_SIZE": "7",
     }
     result = run("photo-api", "check-config", env=env, cwd=tmp_path)
@@ -53,9 +62,22 @@ def test_check_config_prints_settings_with_secrets_redacted(tmp_path: Path) -> N
     assert settings["ENVIRONMENT"] == "production"
     assert settings["DB_POOL_SIZE"] == 7
     assert settings["JWT_SECRET_KEY"] == settings["NHN_STORAGE_IAM_PASSWORD"] == "********"
-    assert settings["NHN_STORAGE_TEMP_URL_KEY"] == "********"
-    assert settings["DATABASE_URL"] == "postgresql://photo:***@db.internal:5432/photos"
-    for secret in (TEST_SECRET, DB_PASSWORD, SWIFT_PASSWORD, TEMP_URL_KEY):
+    assert settings["NHN_STORAGE_TEMP_URL_KEY"] == settings["NHN_LOG_APPKEY"] == "********"
+    assert settings["DATABASE_URL"] == "postgresql://photo:***@db.internal:5432/photos?sslpassword=***"
+    assert settings["NHN_STORAGE_AUTH_URL"] == "https://keystone:***@api-identity.example.com/v2.0"
+    assert settings["NHN_LOG_URL"] == "https://logs.example.com/v2/log?password=***"
+    assert settings["PROMETHEUS_PUSHGATEWAY_URL"] == "http://pusher:***@pushgateway.internal:9091"
+    for secret in (
+        TEST_SECRET,
+        DB_PASSWORD,
+        DB_SSL_PASSWORD,
+        SWIFT_PASSWORD,
+        TEMP_URL_KEY,
+        AUTH_URL_PASSWORD,
+        LOG_APPKEY,
+        LOG_URL_PASSWORD,
+        PUSH_PASSWORD,
+    ):
         assert secret not in result.stdout + result.stderr
     assert "configuration is valid" in result.stderr
     assert not (tmp_path / "var").exists()  # checking creates nothing
@@ -85,6 +107,36 @@ def test_check_config_lists_every_problem(tmp_path: Path) -> None:
         "DISABLE_PSYCOGREEN",  # diagnostic only
     }, result.stderr
     assert result.stderr.startswith(f"configuration is invalid ({len(named)} problem(s)):")
+
+
+def test_check_config_problems_show_no_credentials(tmp_path: Path) -> None:
+    env = {
+        "ENVIRONMENT": "production",
+        "DATABASE_URL": f"mysql://photo:{DB_PASSWORD}@db.internal/photos",  # refused: not PostgreSQL
+        "JWT_SECRET_KEY": "changeme",
+        "NHN_LOG_APPKEY": LOG_APPKEY,
+        "NHN_LOG_URL": f"https://logger:{LOG_URL_PASSWORD}@",  # refused: no host
+        "PROMETHEUS_PUSHGATEWAY_URL": f"pushgateway.internal:9091?password={PUSH_PASSWORD}",  # refused: no scheme
+    }
+    result = run("photo-api", "check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    named = {line.strip()[2:].split(":", 1)[0] for line in result.stderr.splitlines() if line.startswith("  - ")}
+    assert {"DATABASE_URL", "JWT_SECRET_KEY", "NHN_LOG_URL", "PROMETHEUS_PUSHGATEWAY_URL"} <= named, result.stderr
+    for secret in (DB_PASSWORD, LOG_APPKEY, LOG_URL_PASSWORD, PUSH_PASSWORD, "changeme"):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_serve_refuses_placeholder_and_weak_secrets_in_production(tmp_path: Path) -> None:
+    env = production_env("postgresql://photo_api@127.0.0.1:1/none", tmp_path / "storage", secret="changeme" * 4)
+    result = run("photo-api", "serve", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "JWT_SECRET_KEY: is a well-known default or placeholder value" in result.stderr
+    assert "secrets.token_urlsafe(48)" in result.stderr
+    env["JWT_SECRET_KEY"] = "x" * 40
+    result = run("photo-api", "serve", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "JWT_SECRET_KEY: is too predictable" in result.stderr
+    assert not (tmp_path / "storage").exists()  # refused before anything started
 
 
 def test_db_upgrade_then_current_is_at_head(fresh_pg_url: str, tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import stat
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from photo_api.config import (
 )
 
 STRONG_SECRET = "k3J9vQ2mX7pL5tR8wZ1nB4cF6hD0gY2sA9eU3iO7"  # 40 bytes, not a known default
+TEMP_URL_KEY = "Tq8-temp-url-key-4hWm2Zr9Lx0Vb7Nc3Ks6Pd1Yf5Gj"  # production accepts it; shown nowhere
 DB_PASSWORD = "db-pass-Wq8rT2"
 PRODUCTION = {
     "ENVIRONMENT": "production",
@@ -80,6 +83,68 @@ BAD_ENVIRONMENTS = [
     pytest.param({**PRODUCTION, "JWT_SECRET_KEY": "changeme"}, "JWT_SECRET_KEY", "default", id="prod-changeme"),
     pytest.param({**PRODUCTION, "JWT_SECRET_KEY": " ChangeMe "}, "JWT_SECRET_KEY", "default", id="prod-changeme-case"),
     pytest.param({**PRODUCTION, "JWT_SECRET_KEY": "0123456789abcdef"}, "JWT_SECRET_KEY", "32", id="prod-16-byte"),
+    # placeholders and secrets that are long but guessable
+    pytest.param({**PRODUCTION, "JWT_SECRET_KEY": "x" * 40}, "JWT_SECRET_KEY", "predictable", id="prod-40-same-chars"),
+    pytest.param(
+        {**PRODUCTION, "JWT_SECRET_KEY": "changeme" * 4}, "JWT_SECRET_KEY", "placeholder", id="prod-changeme-x4"
+    ),
+    pytest.param(
+        {**PRODUCTION, "JWT_SECRET_KEY": "Ab3$" * 10}, "JWT_SECRET_KEY", "predictable", id="prod-repeated-pattern"
+    ),
+    pytest.param(
+        {**PRODUCTION, "JWT_SECRET_KEY": "0123456789abcdef" * 3}, "JWT_SECRET_KEY", "predictable", id="prod-hex-run-x3"
+    ),
+    pytest.param(
+        {**PRODUCTION, "JWT_SECRET_KEY": "your-secret-key-here"}, "JWT_SECRET_KEY", "default", id="prod-tutorial"
+    ),
+    pytest.param(
+        {**PRODUCTION, "JWT_SECRET_KEY": "Please-Change_Me-before-going-live-0123456789"},
+        "JWT_SECRET_KEY",
+        "placeholder",
+        id="prod-changeme-inside",
+    ),
+    pytest.param(
+        {**PRODUCTION, **SWIFT, "NHN_STORAGE_TEMP_URL_KEY": "short-key-Mn55"},
+        "NHN_STORAGE_TEMP_URL_KEY",
+        "32",
+        id="prod-short-temp-url-key",
+    ),
+    pytest.param(
+        {**PRODUCTION, **SWIFT, "NHN_STORAGE_TEMP_URL_KEY": "k" * 64},
+        "NHN_STORAGE_TEMP_URL_KEY",
+        "predictable",
+        id="prod-repeated-temp-url-key",
+    ),
+    pytest.param(
+        {**PRODUCTION, **SWIFT, "NHN_STORAGE_IAM_PASSWORD": "changeme"},
+        "NHN_STORAGE_IAM_PASSWORD",
+        "placeholder",
+        id="prod-iam-password-placeholder",
+    ),
+    pytest.param(
+        {**PRODUCTION, **CDN, "NHN_CDN_SECRET_KEY": "your-secret-key"},
+        "NHN_CDN_SECRET_KEY",
+        "placeholder",
+        id="prod-cdn-secret-placeholder",
+    ),
+    pytest.param(
+        {**PRODUCTION, "NHN_LOG_APPKEY": "CHANGE-ME-LOG-APPKEY", "NHN_LOG_URL": "https://logs.example.com/v2/log"},
+        "NHN_LOG_APPKEY",
+        "placeholder",
+        id="prod-log-appkey-placeholder",
+    ),
+    pytest.param(
+        {**PRODUCTION, "DATABASE_URL": "postgresql://photo:password@db.internal:5432/photos"},
+        "DATABASE_URL",
+        "placeholder",
+        id="prod-db-password-placeholder",
+    ),
+    pytest.param(
+        {**PRODUCTION, "NHN_STORAGE_IAM_USER": "CHANGE-ME-IAM-USER", **without(SWIFT, "NHN_STORAGE_IAM_USER")},
+        "NHN_STORAGE_IAM_USER",
+        "placeholder",
+        id="prod-any-setting-placeholder",
+    ),
     pytest.param(
         {**PRODUCTION, "DATABASE_URL": "sqlite:////srv/photo.db"}, "DATABASE_URL", "postgresql", id="prod-sqlite"
     ),
@@ -201,6 +266,44 @@ def test_environment_is_case_insensitive(value: str) -> None:
     assert "JWT_SECRET_KEY" in error.settings_named()
 
 
+@pytest.mark.parametrize(
+    "environ",
+    [
+        pytest.param({**PRODUCTION, "JWT_SECRET_KEY": "changeme"}, id="placeholder"),
+        pytest.param({**PRODUCTION, "JWT_SECRET_KEY": "0123456789abcdef"}, id="short"),
+        pytest.param({**PRODUCTION, "JWT_SECRET_KEY": "x" * 40}, id="predictable"),
+        pytest.param(without(PRODUCTION, "JWT_SECRET_KEY"), id="missing"),
+        pytest.param({**PRODUCTION, **SWIFT, "NHN_STORAGE_TEMP_URL_KEY": "k" * 64}, id="temp-url-key"),
+    ],
+)
+def test_a_refused_secret_says_how_to_generate_one(environ: dict[str, str]) -> None:
+    error = config_error(environ)
+    (named,) = {"JWT_SECRET_KEY", "NHN_STORAGE_TEMP_URL_KEY"} & error.settings_named()
+    assert "python -c 'import secrets; print(secrets.token_urlsafe(48))'" in messages_for(error, named), error
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param(secrets.token_urlsafe(48), id="token_urlsafe-48"),
+        pytest.param(secrets.token_hex(32), id="hex-32-bytes"),
+        pytest.param(base64.b64encode(secrets.token_bytes(48)).decode(), id="openssl-rand-base64-48"),
+        pytest.param(STRONG_SECRET, id="40-random-characters"),
+    ],
+)
+def test_random_secrets_are_accepted_in_production(secret: str) -> None:
+    settings = load_settings(
+        environ={**PRODUCTION, **SWIFT, "JWT_SECRET_KEY": secret, "NHN_STORAGE_TEMP_URL_KEY": secret}
+    )
+    assert settings.jwt_secret_key is not None and settings.jwt_secret_key.get_secret_value() == secret
+
+
+def test_development_takes_any_secret() -> None:
+    # The checks protect production; a laptop's `changeme` is its own business.
+    settings = load_settings(environ={"JWT_SECRET_KEY": "changeme", **SWIFT, "NHN_STORAGE_TEMP_URL_KEY": "k"})
+    assert settings.jwt_secret_key is not None and settings.jwt_secret_key.get_secret_value() == "changeme"
+
+
 def test_valid_production_environment_loads() -> None:
     settings = load_settings(environ={**PRODUCTION, **SWIFT, **CDN, "PUBLIC_BASE_URL": "https://photos.example.com"})
     assert settings.is_production
@@ -258,7 +361,20 @@ def test_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_redacted_never_shows_secrets() -> None:
-    settings = load_settings(environ={**PRODUCTION, **SWIFT, **CDN, "NHN_STORAGE_TEMP_URL_KEY": "temp-url-key-Mn55"})
+    settings = load_settings(
+        environ={
+            **PRODUCTION,
+            **SWIFT,
+            **CDN,
+            "NHN_STORAGE_TEMP_URL_KEY": TEMP_URL_KEY,
+            "NHN_STORAGE_AUTH_URL": "https://keystone-user:auth-pass-Kq71@identity.example.com/v2.0",
+            "NHN_STORAGE_URL": "https://swift.example.com/v1/AUTH_x?token=storage-token-Yh32",
+            "NHN_LOG_APPKEY": "log-appkey-Jd83",
+            "NHN_LOG_URL": "https://logs.example.com/v2/log?appkey=log-appkey-in-url-Uu19",
+            "PROMETHEUS_PUSHGATEWAY_URL": "https://pusher:push-pass-Pp02@pushgateway.internal:9091",
+            "PUBLIC_BASE_URL": "https://photos.example.com",
+        }
+    )
     redacted = settings.redacted()
     text = repr(redacted)
     for secret in (
@@ -267,9 +383,20 @@ def test_redacted_never_shows_secrets() -> None:
         SWIFT["NHN_STORAGE_IAM_PASSWORD"],
         CDN["NHN_CDN_SECRET_KEY"],
         CDN["NHN_CDN_ENCRYPT_KEY"],
-        "temp-url-key-Mn55",
+        TEMP_URL_KEY,
+        "auth-pass-Kq71",
+        "storage-token-Yh32",
+        "log-appkey-Jd83",
+        "log-appkey-in-url-Uu19",
+        "push-pass-Pp02",
     ):
         assert secret not in text
+        assert secret not in repr(settings)
+    # The rest of each URL is still there to diagnose it.
+    assert redacted["NHN_STORAGE_AUTH_URL"] == "https://keystone-user:***@identity.example.com/v2.0"
+    assert redacted["PROMETHEUS_PUSHGATEWAY_URL"] == "https://pusher:***@pushgateway.internal:9091"
+    assert redacted["NHN_LOG_URL"] == "https://logs.example.com/v2/log?appkey=***"
+    assert redacted["NHN_LOG_APPKEY"] == "********"
     # Still useful: the DB host and user are shown, the names are the variables' names.
     assert "db.internal" in redacted["DATABASE_URL"]
     assert "photo" in redacted["DATABASE_URL"]

@@ -1,6 +1,7 @@
 """The shipped ops files agree with each other and with the settings they are written for.
 
-`ops/photo-api.env.example` is the reference: `photo-api check-config` must accept it, and the systemd
+`ops/photo-api.env.example` is the reference: `photo-api check-config` names each of its CHANGE-ME
+placeholders and accepts it once they are replaced (production refuses every secret it ships), and the systemd
 unit, the nginx site and the HAProxy example must fit its values (stop timeout, body size, timeouts,
 probe timing). The load balancer configs themselves run for real in tests/e2e/test_lifecycle_rolling.py.
 """
@@ -8,23 +9,55 @@ probe timing). The load balancer configs themselves run for real in tests/e2e/te
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from photo_api.config import Settings, load_settings
-from tests.harness.server import clean_environment, console_script
+from photo_api.config import ConfigError, Settings, load_settings
+from photo_api.config.settings import SECRET_FIELDS
+from tests.harness.server import run_command
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
 ENV_EXAMPLE = OPS / "photo-api.env.example"
 # systemd must outlast the drain + graceful stop by this much (workers notice within 1 s, then exit).
 STOP_MARGIN_S = 5
+# What an operator writes in place of each CHANGE-ME placeholder of the example's active lines.
+FILLED_IN = {
+    "PUBLIC_BASE_URL": "https://photos.example.com",
+    "DATABASE_URL": "postgresql://photo_api:Db-pass-8u2Kq7@db.internal:5432/photo_api",
+    "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+    "NHN_STORAGE_TENANT_ID": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "NHN_STORAGE_IAM_USER": "photo-api@example.com",
+    "NHN_STORAGE_IAM_PASSWORD": "Iam-pass-3vN7tQ",
+    "NHN_STORAGE_TEMP_URL_KEY": secrets.token_urlsafe(48),
+}
+SECRET_FIELDS_FILLED_IN = ("JWT_SECRET_KEY", "NHN_STORAGE_IAM_PASSWORD", "NHN_STORAGE_TEMP_URL_KEY")
+# ...and of its commented-out optional ones (CDN, Log & Crash), filled in together.
+OPTIONAL_FILLED_IN = {
+    "NHN_CDN_DOMAIN": "abcd.cdn.nhncloudservice.com",
+    "NHN_CDN_APP_KEY": "cdn-app-key-Zr41",
+    "NHN_CDN_SECRET_KEY": "cdn-secret-key-Hq08",
+    "NHN_CDN_ENCRYPT_KEY": "00112233445566778899aabbccddeeff",
+    "NHN_LOG_APPKEY": "log-appkey-Wd62",
+    "NHN_LOG_URL": "https://api-logncrash.nhncloudservice.com/v2/log",
+}
+
+
+def example_lines() -> dict[str, str]:
+    """Every `NAME=value` of the example, the commented-out optional ones included."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = re.fullmatch(r"#? ?([A-Z][A-Z0-9_]*)=(.*)", line.strip())
+        if match and match[1].lower() in Settings.model_fields:
+            values[match[1]] = match[2]
+    return values
 
 
 @pytest.fixture(scope="module")
 def example() -> Settings:
-    return load_settings(environ={"PHOTO_API_ENV_FILE": str(ENV_EXAMPLE)})
+    return load_settings(environ={"PHOTO_API_ENV_FILE": str(ENV_EXAMPLE), **FILLED_IN})
 
 
 def _unit(name: str) -> dict[str, dict[str, list[str]]]:
@@ -53,14 +86,51 @@ def _directive(text: str, name: str) -> list[str]:
     return re.findall(rf"^\s*{name}\s+([^;\n]+);?\s*$", text, flags=re.MULTILINE)
 
 
-def test_env_example_passes_check_config() -> None:
-    env = clean_environment({"PHOTO_API_ENV_FILE": str(ENV_EXAMPLE)})
-    result = subprocess.run(
-        [console_script("photo-api"), "check-config"], env=env, capture_output=True, text=True, timeout=60
-    )
+def check_config(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`photo-api check-config` in a clean environment plus `env`."""
+    return run_command("photo-api", "check-config", env=env, cwd=cwd)
+
+
+def test_env_example_as_shipped_is_refused_naming_each_placeholder(tmp_path: Path) -> None:
+    result = check_config({"PHOTO_API_ENV_FILE": str(ENV_EXAMPLE)}, tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    problems = [line.strip()[2:] for line in result.stderr.splitlines() if line.startswith("  - ")]
+    assert {p.split(":", 1)[0] for p in problems} == set(FILLED_IN), result.stderr
+    assert all("placeholder" in p for p in problems), result.stderr
+
+
+def test_env_example_passes_check_config_once_the_placeholders_are_replaced(tmp_path: Path) -> None:
+    result = check_config({"PHOTO_API_ENV_FILE": str(ENV_EXAMPLE), **FILLED_IN}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "configuration is valid" in result.stderr
-    assert "CHANGE-ME-DB-PASSWORD" not in result.stdout  # the password is redacted in the printout
+    for secret in ("Db-pass-8u2Kq7", *(FILLED_IN[n] for n in SECRET_FIELDS_FILLED_IN)):
+        assert secret not in result.stdout  # redacted in the printout
+    # The optional sections are usable the same way once uncommented and filled in.
+    result = check_config({"PHOTO_API_ENV_FILE": str(ENV_EXAMPLE), **FILLED_IN, **OPTIONAL_FILLED_IN}, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_secret_in_the_env_example_is_refused_in_production() -> None:
+    lines = example_lines()
+    secret_like = {name for name in lines if name.lower() in SECRET_FIELDS} | {"DATABASE_URL"}
+    # Guard: the test must look at every secret the example has a line for, not at an empty set.
+    assert secret_like == {
+        "DATABASE_URL",
+        "JWT_SECRET_KEY",
+        "NHN_STORAGE_IAM_PASSWORD",
+        "NHN_STORAGE_TEMP_URL_KEY",
+        "NHN_CDN_SECRET_KEY",
+        "NHN_CDN_ENCRYPT_KEY",
+        "NHN_LOG_APPKEY",
+    }
+    valid = {"PHOTO_API_ENV_FILE": str(ENV_EXAMPLE), **FILLED_IN, **OPTIONAL_FILLED_IN}
+    assert load_settings(environ=valid).is_production  # so each refusal below is the shipped value's alone
+    for name in sorted(secret_like):
+        with pytest.raises(ConfigError) as info:
+            load_settings(environ={**valid, name: lines[name]})
+        assert name in info.value.settings_named(), name
+        assert "placeholder" in str(info.value), info.value
 
 
 def test_env_example_is_production(example: Settings) -> None:

@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAIO_SCRIPT = ROOT / "ops" / "swift-saio.sh"
 SWIFT_START_TIMEOUT_S = 900  # the first start on a machine installs python3-swift with apt
 SWIFT_STOP_TIMEOUT_S = 60
-TEMP_URL_KEY = "storage-bench-tempurl-key"
+TEMP_URL_KEY = "storage-bench-tempurl-key-Jm5Qw8Zt2Kx7Vn4Rb1Lp"  # production refuses a guessable one
 
 # The storage timeout an open breaker is compared with (STORAGE_DOWNLOAD_TIMEOUT: read timeout and deadline).
 STORAGE_TIMEOUT_S = 2

@@ -68,7 +68,7 @@ def build_log_shipper(
     static = {"service": settings.app_name, "node": settings.node_name, "region": settings.region or None}
     return LogShipper(
         url=settings.nhn_log_url,
-        appkey=settings.nhn_log_appkey,
+        appkey=settings.nhn_log_appkey.get_secret_value(),
         project_version=settings.app_version,
         host=settings.instance_id,
         resilient=Resilient(policy or Policies.from_settings(settings).log, events=events),

@@ -4,7 +4,8 @@
 pydantic-settings, checks types and ranges field by field and then the cross-field and production
 rules, and raises one `ConfigError` that lists *every* problem. Nothing here reads the environment at
 import time. The modules: `settings` (the fields), `sources` (reading), `rules` (between settings),
-`problems` (the error), `bootstrap` (the embedded development setup).
+`problems` (the error), `strength` (what a production secret must be), `redaction` (URLs without their
+credentials), `bootstrap` (the embedded development setup).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from .bootstrap import bootstrap_development, development_defaults
 from .problems import ConfigError, ConfigProblem, problem
+from .redaction import redact_url, redact_urls
 from .rules import RULES
 from .settings import (
     OVERRIDABLE,
@@ -26,7 +28,6 @@ from .settings import (
     Settings,
     detect_instance_ip,
     override_variable,
-    redact_url,
 )
 from .sources import ENV_FILE_VARIABLE, OVERRIDES_FIELD, read_environment
 
@@ -102,4 +103,5 @@ __all__ = [
     "override_variable",
     "read_environment",
     "redact_url",
+    "redact_urls",
 ]

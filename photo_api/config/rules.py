@@ -10,30 +10,61 @@ from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from .problems import ConfigProblem, problem
-from .settings import SERVICES, Service, Settings
+from .settings import SECRET_FIELDS, SERVICES, URL_FIELDS, Service, Settings
+from .strength import GENERATE_HINT, has_placeholder_marker, is_placeholder, weakness
 
-# Values copied from tutorials and example files; a production secret must never be one of them.
-KNOWN_DEFAULT_SECRETS = frozenset(
-    {"", "secret", "changeme", "change-me", "your-secret-key", "your-secret-key-here", "dev", "development"}
-)
-MIN_SECRET_BYTES = 32
 MIN_PRODUCTION_HASH_MEMORY_KIB = 19_456
 MIN_PRODUCTION_HASH_TIME_COST = 2
+# The secrets we choose ourselves, which production relies on nobody guessing: the JWT key signs every
+# access token (and the local upload-URL key derives from it), the TempURL key signs upload and download
+# URLs for any object of the container. They must be long and random (strength.py). The other secrets
+# are issued by NHN Cloud in a format we do not choose (NHN_CDN_ENCRYPT_KEY is the console's hex key,
+# often 16 bytes): those are only checked not to be placeholders.
+CHOSEN_SECRETS = ("jwt_secret_key", "nhn_storage_temp_url_key")
+PLACEHOLDER_MESSAGE = "is a well-known default or placeholder value (from ops/photo-api.env.example?): replace it"
 
 
 Rule = tuple[tuple[str, ...], Callable[[Settings], Iterable[ConfigProblem]]]
 
 
-def _rule_jwt(s: Settings) -> Iterable[ConfigProblem]:
+def _rule_chosen_secrets(s: Settings) -> Iterable[ConfigProblem]:
     if not s.is_production:
         return
-    secret = s.jwt_secret_key.get_secret_value() if s.jwt_secret_key else None
-    if secret is None:
-        yield problem("jwt_secret_key", "required in production")
-    elif secret.strip().lower() in KNOWN_DEFAULT_SECRETS:
-        yield problem("jwt_secret_key", "is a well-known default value")
-    elif len(secret.encode()) < MIN_SECRET_BYTES:
-        yield problem("jwt_secret_key", f"must be at least {MIN_SECRET_BYTES} bytes in production")
+    if s.jwt_secret_key is None:
+        yield problem("jwt_secret_key", f"required in production; {GENERATE_HINT}")
+    for name in CHOSEN_SECRETS:
+        value = getattr(s, name)
+        why = weakness(value.get_secret_value()) if value is not None else None
+        if why:
+            yield problem(name, f"{why}; {GENERATE_HINT}")
+
+
+def _rule_placeholders(s: Settings) -> Iterable[ConfigProblem]:
+    """Every other setting that still holds a placeholder of the example env file, named for replacing."""
+    if not s.is_production:
+        return
+    for name in type(s).model_fields:
+        value = getattr(s, name)
+        if name in CHOSEN_SECRETS or value is None:
+            continue
+        if name in SECRET_FIELDS:
+            found = is_placeholder(value.get_secret_value())
+        elif isinstance(value, str):
+            password = _url_password(value) if name in URL_FIELDS else None
+            found = has_placeholder_marker(value) or (password is not None and is_placeholder(password))
+        else:
+            continue
+        if found:
+            yield problem(name, PLACEHOLDER_MESSAGE)
+
+
+def _url_password(url: str) -> str | None:
+    """The password in a URL's user info, or None when it has none (or is no URL: _rule_urls says so)."""
+    try:
+        userinfo, _, _ = urlsplit(url).netloc.rpartition("@")
+    except ValueError:
+        return None
+    return userinfo.partition(":")[2] or None
 
 
 def _rule_password_hash(s: Settings) -> Iterable[ConfigProblem]:
@@ -190,15 +221,10 @@ def _rule_service_retries(service: Service) -> Callable[[Settings], Iterable[Con
 
 
 def _rule_urls(s: Settings) -> Iterable[ConfigProblem]:
-    for name in (
-        "public_base_url",
-        "nhn_storage_auth_url",
-        "nhn_storage_url",
-        "nhn_cdn_api_url",
-        "nhn_log_url",
-        "prometheus_pushgateway_url",
-    ):
+    for name in URL_FIELDS:
         value = getattr(s, name)
+        if name == "database_url":
+            continue  # _rule_database_url
         if value and not _is_http_url(value):
             yield problem(name, "must be an http:// or https:// URL with a host")
 
@@ -215,7 +241,8 @@ def _is_http_url(value: str) -> bool:
 # Each rule names the fields (or overrides, as `storage_retry_max_delay`) it reads, so that it is skipped
 # when one of them already failed its own check.
 RULES: list[Rule] = [
-    (("environment", "jwt_secret_key"), _rule_jwt),
+    (("environment", *CHOSEN_SECRETS), _rule_chosen_secrets),
+    (("environment",), _rule_placeholders),
     (("environment", "password_hash_memory_kib", "password_hash_time_cost"), _rule_password_hash),
     (("database_url",), _rule_database_url),
     (("environment", "database_url"), _rule_production_database),

@@ -6,6 +6,7 @@ Reading the environment and the env file is `sources.py`; the rules between sett
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from ipaddress import IPv4Address
@@ -15,6 +16,8 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .redaction import redact_url
+
 SECRET_FIELDS = frozenset(
     {
         "jwt_secret_key",
@@ -22,7 +25,18 @@ SECRET_FIELDS = frozenset(
         "nhn_storage_temp_url_key",
         "nhn_cdn_secret_key",
         "nhn_cdn_encrypt_key",
+        "nhn_log_appkey",
     }
+)
+# The settings that hold a URL; shown (check-config, logs) only through redaction.redact_url.
+URL_FIELDS = (
+    "database_url",
+    "public_base_url",
+    "nhn_storage_auth_url",
+    "nhn_storage_url",
+    "nhn_cdn_api_url",
+    "nhn_log_url",
+    "prometheus_pushgateway_url",
 )
 
 # The retry and breaker values, with their ranges: declared once, for the global settings and for each
@@ -158,7 +172,7 @@ class Settings(BaseSettings):
     cdn_token_cache_size: int = Field(default=1000, ge=0, le=1_000_000)
 
     # log shipping
-    nhn_log_appkey: str | None = None
+    nhn_log_appkey: SecretStr | None = None
     nhn_log_url: str | None = None
     log_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
     log_batch_size: int = Field(default=100, ge=1, le=10_000)
@@ -277,8 +291,13 @@ class Settings(BaseSettings):
             values[name] = getattr(self, name) if value is None else value
         return ResilienceValues(**values)
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() shows up in tracebacks and debuggers: URLs without their credentials (secrets are SecretStr).
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in URL_FIELDS and isinstance(value, str) else value
+
     def redacted(self) -> dict[str, Any]:
-        """The effective settings with every secret replaced by a marker, for printing."""
+        """The effective settings for printing: every secret replaced by a marker, URLs without credentials."""
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -291,22 +310,12 @@ class Settings(BaseSettings):
                 continue
             if name in SECRET_FIELDS:
                 value = None if value is None else "********"
-            elif name == "database_url" and value:
+            elif name in URL_FIELDS and value:
                 value = redact_url(value)
             elif isinstance(value, Path):
                 value = str(value)
             out[name.upper()] = value
         return out
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a URL such as postgresql://user:pw@host/db."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy understands: show nothing of it
-        return "<unparseable>"
 
 
 def detect_instance_ip() -> str | None:

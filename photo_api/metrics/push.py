@@ -6,6 +6,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..config import redact_url, redact_urls
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -20,11 +22,13 @@ class Pusher:
     """Pushes the instance's aggregate to a Pushgateway from one thread of the master, grouped by instance.
 
     PUT replaces the whole group each time, which is right: the registry holds every metric of the
-    instance. Failures are logged when they start and when they end, not once per interval.
+    instance. Failures are logged when they start and when they end, not once per interval; the logs
+    show the URL without the credentials it may carry.
     """
 
     def __init__(self, url: str, *, job: str, instance: str, registry: CollectorRegistry, interval: float, log: Any):
         self.url = url
+        self.shown_url = redact_url(url)
         self.job = job
         self.grouping_key = {"instance": instance}
         self.registry = registry
@@ -54,11 +58,13 @@ class Pusher:
             )
         except Exception as exc:  # URLError, HTTPError, OSError, timeout: all mean "try next time"
             if not self._failing:
-                self.log.warning("metrics: push to %s failed (%s); retrying every %gs", self.url, exc, self.interval)
+                self.log.warning(
+                    "metrics: push to %s failed (%s); retrying every %gs", self.shown_url, _describe(exc), self.interval
+                )
             self._failing = True
             return False
         if self._failing:
-            self.log.info("metrics: pushing to %s again", self.url)
+            self.log.info("metrics: pushing to %s again", self.shown_url)
         self._failing = False
         return True
 
@@ -73,6 +79,13 @@ class Pusher:
         try:
             delete_from_gateway(self.url, job=self.job, grouping_key=self.grouping_key, timeout=PUSH_TIMEOUT_S)
         except Exception as exc:
-            self.log.warning("metrics: could not delete group %s from %s (%s)", self.grouping_key, self.url, exc)
+            self.log.warning(
+                "metrics: could not delete group %s from %s (%s)", self.grouping_key, self.shown_url, _describe(exc)
+            )
         else:
-            self.log.info("metrics: deleted group %s from %s", self.grouping_key, self.url)
+            self.log.info("metrics: deleted group %s from %s", self.grouping_key, self.shown_url)
+
+
+def _describe(exc: Exception) -> str:
+    # urllib's errors may quote the URL they were given, credentials included.
+    return redact_urls(str(exc))

@@ -6,20 +6,26 @@ The registry is shared by every app of the test process, so each test compares b
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from photo_api import create_app, metrics
 from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from photo_api.errors import PayloadTooLargeError
+from photo_api.metrics.push import Pusher
+from tests.doubles.http import LoopbackServer, Reply
 from tests.harness.users import Users
 from tests.metrics.conftest import Scrape, parse
 
+PUSH_WAIT_S = 10
 # About 20 ms on either database: slower than the 1 ms threshold set below, whatever the machine.
 SLOW_STATEMENT = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT count(*) FROM c"
@@ -148,3 +154,47 @@ def test_domain_helpers_keep_labels_bounded(app: Flask) -> None:
     assert delta(before, after, "photo_api_fallbacks_total", service="cdn") == 1
     assert after.value("photo_api_log_queue_depth") == 7
     assert delta(before, after, "photo_api_log_dropped_total") == 3
+
+
+def test_the_pusher_logs_its_url_without_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    password, token = "push-password-do-not-log", "push-token-do-not-log"
+    answers = iter([500, 200, 200, 500])  # the push fails, works again, the final push works, the delete fails
+    with LoopbackServer(lambda request: Reply(next(answers))) as gateway:
+        log = logging.getLogger("tests.pusher")
+        with caplog.at_level(logging.INFO, logger="tests.pusher"):
+            # A Pushgateway behind basic auth (not reachable so: the user info is not a host name)...
+            userinfo = Pusher(
+                f"http://pusher:{password}@{gateway.netloc}",
+                job="photo-api",
+                instance="vm-1",
+                registry=CollectorRegistry(),
+                interval=60,
+                log=log,
+            )
+            assert not userinfo.push()
+            # ...and one taking a token in its query: failing, recovering, leaving, failing to delete.
+            query = Pusher(
+                f"{gateway.url}/?token={token}",
+                job="photo-api",
+                instance="vm-1",
+                registry=CollectorRegistry(),
+                interval=60,
+                log=log,
+            )
+            query.start()  # the first push, from the pusher's thread
+            deadline = time.monotonic() + PUSH_WAIT_S
+            while len(caplog.records) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert query.push()
+            query.leave(linger=0)
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(" (")[0].split(" to ")[0].split(" from ")[0] for line in lines] == [
+        "metrics: push",
+        "metrics: push",
+        "metrics: pushing",
+        "metrics: could not delete group {'instance': 'vm-1'}",
+    ], lines
+    assert f"http://pusher:***@{gateway.netloc}" in lines[0]
+    assert f"{gateway.url}/?token=***" in lines[1]
+    for line in lines:
+        assert password not in line and token not in line

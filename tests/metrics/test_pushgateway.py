@@ -138,7 +138,8 @@ def test_one_aggregated_group_per_instance_deleted_when_it_leaves(
 
 
 def test_an_unreachable_pushgateway_never_stops_the_instance(start_instance: StartInstance) -> None:
-    nobody = f"http://127.0.0.1:{free_port()}"
+    password = "push-password-do-not-log"
+    nobody = f"http://pusher:{password}@127.0.0.1:{free_port()}"
     instance = start_instance(
         {
             "PROMETHEUS_PUSHGATEWAY_URL": nobody,
@@ -151,4 +152,6 @@ def test_an_unreachable_pushgateway_never_stops_the_instance(start_instance: Sta
     assert requests.get(instance.server.url("/health"), timeout=5).status_code == 200
     failures = [line for line in instance.server.log_lines() if "push to" in line.get("message", "")]
     assert len(failures) == 1  # logged when it starts failing, not once per interval
+    assert "http://pusher:***@127.0.0.1:" in failures[0]["message"]
+    assert password not in instance.server.stdout() + instance.server.stderr()
     assert instance.server.stop(signal.SIGTERM) == 0

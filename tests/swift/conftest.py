@@ -36,7 +36,7 @@ SAIO_SCRIPT = REPO / "ops" / "swift-saio.sh"
 # The first start installs packages with apt; later starts take seconds.
 START_TIMEOUT_S = 900
 STOP_TIMEOUT_S = 60
-TEMP_URL_KEY = "photo-api-test-tempurl-key"
+TEMP_URL_KEY = "photo-api-test-tempurl-key-Xq3Lm8Rv2Tn6Wb9Yc4Hd"  # production refuses a guessable one
 RESELLER_PREFIX = "AUTH_"  # tempauth's, as configured by swift-saio.sh
 # An access line of Swift's proxy-logging middleware:
 # "proxy-server: CLIENT_IP REMOTE_ADDR DATE HEAD /v1/AUTH_test/c%3Fformat%3Djson HTTP/1.0 204 ...";
