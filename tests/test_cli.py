@@ -103,6 +103,7 @@ def test_check_config_lists_every_problem(tmp_path: Path) -> None:
         "DEBUG",
         "DB_POOL_SIZE",  # not an integer
         "LOCAL_STORAGE_DIR",  # local storage in production needs an explicit directory
+        "PUBLIC_BASE_URL",  # required in production
         "KEEPALIVE",  # not above the LB idle timeout
         "DISABLE_PSYCOGREEN",  # diagnostic only
     }, result.stderr
@@ -137,6 +138,17 @@ def test_serve_refuses_placeholder_and_weak_secrets_in_production(tmp_path: Path
     assert result.returncode == 1
     assert "JWT_SECRET_KEY: is too predictable" in result.stderr
     assert not (tmp_path / "storage").exists()  # refused before anything started
+
+
+def test_serve_requires_an_https_public_base_url_in_production(tmp_path: Path) -> None:
+    for value, message in ((None, "PUBLIC_BASE_URL: required in production"), ("http://photos.example.com", "https")):
+        env = production_env(
+            "postgresql://photo_api@127.0.0.1:1/none", tmp_path / "storage", overrides={"PUBLIC_BASE_URL": value}
+        )
+        result = run("photo-api", "serve", env=env, cwd=tmp_path)
+        assert result.returncode == 1
+        assert message in result.stderr, result.stderr
+    assert not (tmp_path / "storage").exists()
 
 
 def test_db_upgrade_then_current_is_at_head(fresh_pg_url: str, tmp_path: Path) -> None:

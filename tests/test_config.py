@@ -31,6 +31,7 @@ PRODUCTION = {
     "JWT_SECRET_KEY": STRONG_SECRET,
     "DATABASE_URL": f"postgresql://photo:{DB_PASSWORD}@db.internal:5432/photos",
     "LOCAL_STORAGE_DIR": "/srv/photo-api/storage",
+    "PUBLIC_BASE_URL": "https://photos.example.com",
 }
 SWIFT = {
     "STORAGE_BACKEND": "swift",
@@ -196,6 +197,16 @@ BAD_ENVIRONMENTS = [
     ),
     pytest.param({"KEEPALIVE": "60", "LB_IDLE_TIMEOUT": "60"}, "KEEPALIVE", "lb_idle_timeout", id="keepalive-eq-lb"),
     pytest.param({"KEEPALIVE": "30", "LB_IDLE_TIMEOUT": "60"}, "KEEPALIVE", "lb_idle_timeout", id="keepalive-below-lb"),
+    pytest.param(without(PRODUCTION, "PUBLIC_BASE_URL"), "PUBLIC_BASE_URL", "required", id="prod-no-public-base-url"),
+    pytest.param(
+        {**PRODUCTION, "PUBLIC_BASE_URL": "http://photos.example.com"}, "PUBLIC_BASE_URL", "https", id="prod-http-base"
+    ),
+    pytest.param(
+        {**PRODUCTION, "PUBLIC_BASE_URL": "https://photos.example.com/?a=1"},
+        "PUBLIC_BASE_URL",
+        "query",
+        id="base-query",
+    ),
     # URLs
     pytest.param({"PUBLIC_BASE_URL": "ftp://photos.example.com"}, "PUBLIC_BASE_URL", "http", id="url-scheme"),
     pytest.param({"PUBLIC_BASE_URL": "photos.example.com"}, "PUBLIC_BASE_URL", "http", id="url-no-scheme"),
@@ -304,8 +315,15 @@ def test_development_takes_any_secret() -> None:
     assert settings.jwt_secret_key is not None and settings.jwt_secret_key.get_secret_value() == "changeme"
 
 
+def test_development_takes_an_http_public_base_url() -> None:
+    assert (
+        load_settings(environ={"PUBLIC_BASE_URL": "http://127.0.0.1:8000"}).public_base_url == "http://127.0.0.1:8000"
+    )
+    assert load_settings(environ={}).public_base_url is None  # the request's own scheme and host, in development
+
+
 def test_valid_production_environment_loads() -> None:
-    settings = load_settings(environ={**PRODUCTION, **SWIFT, **CDN, "PUBLIC_BASE_URL": "https://photos.example.com"})
+    settings = load_settings(environ={**PRODUCTION, **SWIFT, **CDN})
     assert settings.is_production
     assert settings.storage_backend == "swift"
     assert not settings.is_sqlite

@@ -67,6 +67,26 @@ def _url_password(url: str) -> str | None:
     return userinfo.partition(":")[2] or None
 
 
+def _rule_public_base_url(s: Settings) -> Iterable[ConfigProblem]:
+    # Share links and local upload URLs carry their credential (the share token, the upload signature) in
+    # the URL: production builds them from one configured https base, never from the request's Host.
+    if s.public_base_url is None:
+        if s.is_production:
+            yield problem(
+                "public_base_url",
+                "required in production: the https URL clients reach the service at, e.g. https://photos.example.com "
+                "(share links and upload URLs are built from it)",
+            )
+        return
+    parts = urlsplit(s.public_base_url)
+    if parts.query or parts.fragment:
+        yield problem("public_base_url", "must have no query or fragment: paths are appended to it")
+    if s.is_production and parts.scheme == "http":
+        yield problem(
+            "public_base_url", "must be an https:// URL in production: the URLs built from it carry credentials"
+        )
+
+
 def _rule_password_hash(s: Settings) -> Iterable[ConfigProblem]:
     # OWASP's floor for argon2id (m=19 MiB, t=2); cheaper settings exist only to keep test suites quick.
     if s.is_production and s.password_hash_memory_kib < MIN_PRODUCTION_HASH_MEMORY_KIB:
@@ -243,6 +263,7 @@ def _is_http_url(value: str) -> bool:
 RULES: list[Rule] = [
     (("environment", *CHOSEN_SECRETS), _rule_chosen_secrets),
     (("environment",), _rule_placeholders),
+    (("environment", "public_base_url"), _rule_public_base_url),
     (("environment", "password_hash_memory_kib", "password_hash_time_cost"), _rule_password_hash),
     (("database_url",), _rule_database_url),
     (("environment", "database_url"), _rule_production_database),

@@ -14,6 +14,9 @@ from pathlib import Path
 
 # A secret production accepts (32 bytes or more, not a well-known default); tests share it to sign tokens.
 TEST_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+# Production requires an https PUBLIC_BASE_URL; the share links and local upload URLs of a test instance
+# start with it (tests follow them by their path).
+PUBLIC_BASE_URL = "https://photos.test"
 # The cheapest argon2 cost production accepts (config.MIN_PRODUCTION_HASH_*): registrations stay quick.
 PRODUCTION_HASH_FLOOR = {
     "PASSWORD_HASH_TIME_COST": "2",
@@ -111,7 +114,12 @@ def production_env(
     """
     if (storage_dir is None) == (swift is None):
         raise ValueError("give either a local storage_dir or swift settings")
-    env = {"ENVIRONMENT": "production", "DATABASE_URL": database_url, "JWT_SECRET_KEY": secret}
+    env = {
+        "ENVIRONMENT": "production",
+        "DATABASE_URL": database_url,
+        "JWT_SECRET_KEY": secret,
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+    }
     if storage_dir is not None:
         env["LOCAL_STORAGE_DIR"] = str(storage_dir)
     env.update(swift or {})
