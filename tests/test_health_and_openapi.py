@@ -8,9 +8,16 @@ checks (every `$ref` resolves, every route documented) run in any case.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import shutil
+import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -21,8 +28,11 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from photo_api import create_app, lifecycle, migrate
+from photo_api.api import docs
 from photo_api.api.context import collaborators_of
-from photo_api.config import Settings
+from photo_api.config import Settings, load_settings
+from tests.harness.ci import unavailable
+from tests.harness.env import production_env
 from tests.harness.users import Users
 from tests.http_checks import assert_problem
 
@@ -32,6 +42,7 @@ INFORMATIONAL_STATUSES = {"healthy", "unknown", "unhealthy", "disabled"}
 # Served by the docs blueprint itself, not part of the API they describe.
 UNDOCUMENTED = {"/openapi.json", "/docs", "/static/<path:filename>"}
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
+NPM_TIMEOUT_S = 120
 
 
 @pytest.fixture
@@ -295,6 +306,73 @@ def test_docs_page_is_html(client: FlaskClient) -> None:
     page = r.get_data(as_text=True)
     assert "<html" in page.lower()
     assert "openapi.json" in page
+
+
+class _Assets(HTMLParser):
+    """The stylesheets and scripts an HTML page loads, with their attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.assets: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if (tag == "link" and found.get("rel") == "stylesheet") or (tag == "script" and "src" in found):
+            self.assets.append({"tag": tag, **found})
+
+
+def test_docs_page_loads_only_the_pinned_swagger_ui_with_integrity(client: FlaskClient) -> None:
+    parser = _Assets()
+    parser.feed(client.get("/docs").get_data(as_text=True))
+    urls = {asset.get("href") or asset.get("src"): asset for asset in parser.assets}
+    pinned = f"https://cdn.jsdelivr.net/npm/swagger-ui-dist@{docs.SWAGGER_UI_VERSION}/"
+    assert set(urls) == {pinned + name for name in docs.SWAGGER_UI_INTEGRITY}
+    for url, asset in urls.items():
+        name = url.rsplit("/", 1)[1]
+        assert asset["integrity"] == docs.SWAGGER_UI_INTEGRITY[name], url
+        assert str(asset["integrity"]).startswith("sha384-")
+        assert asset["crossorigin"] == "anonymous", url
+
+
+@pytest.mark.slow
+def test_swagger_ui_integrity_hashes_match_the_npm_package(tmp_path: Path) -> None:
+    # The constants are what the npm registry serves for the pinned version (the CDN serves the same files).
+    npm = shutil.which("npm")
+    if npm is None:
+        unavailable("npm is not installed (Debian: apt-get install -y npm)")
+    package = f"swagger-ui-dist@{docs.SWAGGER_UI_VERSION}"
+    try:
+        packed = subprocess.run(
+            [npm, "pack", "--silent", package], cwd=tmp_path, capture_output=True, text=True, timeout=NPM_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        unavailable(f"npm pack {package}: the npm registry did not answer in {NPM_TIMEOUT_S}s")
+    if packed.returncode != 0:
+        unavailable(f"npm pack {package} failed (is the npm registry reachable?): {packed.stderr[-500:]}")
+    with tarfile.open(tmp_path / packed.stdout.strip().splitlines()[-1]) as archive:
+        for name, expected in docs.SWAGGER_UI_INTEGRITY.items():
+            member = archive.extractfile(f"package/{name}")
+            assert member is not None, name
+            digest = base64.b64encode(hashlib.sha384(member.read()).digest()).decode()
+            assert expected == f"sha384-{digest}", name
+
+
+def test_docs_are_off_by_default_in_production(postgresql_database_url: str, tmp_path: Path) -> None:
+    production = production_env(postgresql_database_url, tmp_path / "storage")
+    settings = load_settings(environ=production)
+    assert settings.enable_docs is False
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        for path in ("/openapi.json", "/docs"):
+            assert_problem(client.get(path), 404)
+        assert client.get("/health/liveness").status_code == 200
+    finally:
+        collaborators_of(app).db.dispose()
+    # Asked for, they are there; in development they are on unless switched off.
+    assert load_settings(environ={**production, "ENABLE_DOCS": "true"}).enable_docs is True
+    assert load_settings(environ={}).enable_docs is True
+    assert load_settings(environ={"ENABLE_DOCS": "false"}).enable_docs is False
 
 
 def test_docs_can_be_disabled(make_settings: Callable[..., Settings]) -> None:

@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     max_upload_bytes: int = Field(default=26_214_400, ge=1, le=5 * 1024**3)
     max_json_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024**2)
-    enable_docs: bool = True
+    # /docs and /openapi.json: on in development, off in production unless asked for (ENABLE_DOCS=true).
+    enable_docs: bool = Field(default_factory=lambda data: data.get("environment") != "production")
     debug: bool = False
     # Number of reverse proxies in front of the app whose X-Forwarded-* headers are trusted.
     trusted_proxy_count: int = Field(default=0, ge=0, le=5)
