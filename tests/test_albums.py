@@ -21,6 +21,7 @@ from tests.http_checks import assert_problem, engine_of, error_fields
 from tests.images import png
 
 ALBUM_KEYS = {"id", "owner_id", "name", "description", "cover_photo_id", "photo_count", "created_at", "updated_at"}
+PAGE_LIMIT_DEFAULT = 50
 
 
 def insert_photo(
@@ -417,7 +418,7 @@ def test_album_routes_are_documented(client: FlaskClient) -> None:
     expected = {
         ("/albums", "get"): {"200", "401", "422"},
         ("/albums", "post"): {"201", "401", "422"},
-        ("/albums/{album_id}", "get"): {"200", "401", "404"},
+        ("/albums/{album_id}", "get"): {"200", "401", "404", "422"},
         ("/albums/{album_id}", "patch"): {"200", "401", "404", "422"},
         ("/albums/{album_id}", "delete"): {"204", "401", "404"},
         ("/albums/{album_id}/photos", "post"): {"200", "401", "404", "422"},
@@ -427,3 +428,68 @@ def test_album_routes_are_documented(client: FlaskClient) -> None:
         operation = paths[path][method]
         assert statuses <= set(operation["responses"]), (path, method)
         assert operation["security"] == [{"bearerAuth": []}]
+    # Both lists of an owner's things are pages: `skip` and `limit` (1 to 100, 50 by default).
+    for path in ("/albums", "/albums/{album_id}"):
+        parameters = {p["name"]: p for p in paths[path]["get"]["parameters"] if p["in"] == "query"}
+        assert set(parameters) == {"skip", "limit"}, path
+        limit = parameters["limit"]["schema"]
+        assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, PAGE_LIMIT_DEFAULT), path
+
+
+def test_album_photos_are_paginated(app: Flask, client: FlaskClient, users: Users) -> None:
+    alice = users.create()
+    album = new_album(client, alice)["id"]
+    ready = [insert_photo(app, alice["id"]) for _ in range(PAGE_LIMIT_DEFAULT + 1)]
+    assert add_photos(client, alice, album, ready).get_json() == {"added": len(ready)}
+    pending = insert_photo(app, alice["id"], status=PhotoStatus.PENDING)
+    run_sql(app, AlbumPhoto.__table__.insert().values(album_id=album, photo_id=pending))
+
+    def page(query: str) -> dict[str, Any]:
+        r = client.get(f"/albums/{album}?{query}", headers=alice["headers"])
+        assert r.status_code == 200, r.get_json()
+        body: dict[str, Any] = r.get_json()
+        assert set(body) == ALBUM_KEYS | {"photos"}  # the same shape as before, on every page
+        assert body["photo_count"] == len(ready)  # the total, not the page's length
+        return body
+
+    # The default page: the first 50 photos in album order.
+    assert [p["id"] for p in get_album(client, alice, album)["photos"]] == ready[:PAGE_LIMIT_DEFAULT]
+    assert [p["id"] for p in page("limit=2")["photos"]] == ready[:2]
+    assert [p["id"] for p in page("skip=2&limit=3")["photos"]] == ready[2:5]
+    assert [p["id"] for p in page(f"skip={PAGE_LIMIT_DEFAULT}")["photos"]] == ready[PAGE_LIMIT_DEFAULT:]
+    assert [p["id"] for p in page("limit=100")["photos"]] == ready
+    assert page(f"skip={len(ready)}")["photos"] == []
+    # A client walks the album until skip reaches photo_count.
+    walked: list[int] = []
+    while len(walked) < page("limit=1")["photo_count"]:
+        walked += [p["id"] for p in page(f"skip={len(walked)}&limit=7")["photos"]]
+    assert walked == ready
+
+    for query, field in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=abc", "limit"),
+        ("skip=-1", "skip"),
+        ("skip=x", "skip"),
+    ]:
+        r = client.get(f"/albums/{album}?{query}", headers=alice["headers"])
+        assert error_fields(assert_problem(r, 422)) == {field}
+
+
+def test_album_photo_count_is_right_on_every_kind_of_page(app: Flask, client: FlaskClient, users: Users) -> None:
+    # The count is taken from the page when the page reaches the album's end, from a query otherwise.
+    alice = users.create()
+    empty, three = new_album(client, alice, "empty")["id"], new_album(client, alice, "three")["id"]
+    add_photos(client, alice, three, [insert_photo(app, alice["id"]) for _ in range(3)])
+    for album, query, shown, count in [
+        (empty, "", 0, 0),
+        (empty, "skip=5", 0, 0),
+        (three, "", 3, 3),
+        (three, "limit=3", 3, 3),
+        (three, "limit=2", 2, 3),
+        (three, "skip=2&limit=2", 1, 3),
+        (three, "skip=3", 0, 3),
+        (three, "skip=9", 0, 3),
+    ]:
+        body = client.get(f"/albums/{album}?{query}", headers=alice["headers"]).get_json()
+        assert (len(body["photos"]), body["photo_count"]) == (shown, count), (album, query)

@@ -23,7 +23,7 @@ from photo_api.models import AlbumPhoto, PhotoStatus, ShareLink
 from tests.harness.users import Users
 from tests.http_checks import assert_problem, engine_of, error_fields
 from tests.images import png
-from tests.test_albums import add_photos, insert_photo, new_album, run_sql, scalar
+from tests.test_albums import PAGE_LIMIT_DEFAULT, add_photos, insert_photo, new_album, run_sql, scalar
 
 SHARE_KEYS = {"id", "album_id", "token", "is_active", "expires_at", "view_count", "created_at", "share_url"}
 SHARED_ALBUM_KEYS = {"album_name", "album_description", "photo_count", "created_at", "photos"}
@@ -169,6 +169,45 @@ def test_view_count_counts_each_successful_view(client: FlaskClient, shared: dic
     client.delete(f"/albums/{album}/share/{shared['link']['id']}", headers=shared["user"]["headers"])
     assert_problem(client.get(f"/share/{token}"), 410)
     assert list_shares(client, shared["user"], album)[0]["view_count"] == 3
+
+
+def test_shared_album_photos_are_paginated(app: Flask, client: FlaskClient, users: Users) -> None:
+    alice = users.create()
+    album = new_album(client, alice)["id"]
+    ready = [insert_photo(app, alice["id"]) for _ in range(PAGE_LIMIT_DEFAULT + 1)]
+    add_photos(client, alice, album, ready)
+    pending = insert_photo(app, alice["id"], status=PhotoStatus.PENDING)
+    run_sql(app, AlbumPhoto.__table__.insert().values(album_id=album, photo_id=pending))
+    link = create_share(client, alice, album)
+
+    def page(query: str = "") -> list[int]:
+        r = client.get(f"/share/{link['token']}?{query}")
+        assert r.status_code == 200, r.get_json()
+        body = r.get_json()
+        assert set(body) == SHARED_ALBUM_KEYS  # the same shape as before, on every page
+        assert body["photo_count"] == len(ready)  # the total, not the page's length
+        return [p["id"] for p in body["photos"]]
+
+    assert page() == ready[:PAGE_LIMIT_DEFAULT]  # the default page
+    assert page("limit=2") == ready[:2]
+    assert page("skip=2&limit=3") == ready[2:5]
+    assert page(f"skip={PAGE_LIMIT_DEFAULT}") == ready[PAGE_LIMIT_DEFAULT:]
+    assert page("limit=100") == ready
+    assert page(f"skip={len(ready)}") == []
+    for query, field in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=abc", "limit"),
+        ("skip=-1", "skip"),
+        ("skip=x", "skip"),
+    ]:
+        assert error_fields(assert_problem(client.get(f"/share/{link['token']}?{query}"), 422)) == {field}
+    # Opening the album counts a view; its later pages and the refused queries do not.
+    assert list_shares(client, alice, album)[0]["view_count"] == 3  # page(), limit=2, limit=100
+    # A dead link answers 410 on a later page too.
+    client.delete(f"/albums/{album}/share/{link['id']}", headers=alice["headers"])
+    assert_problem(client.get(f"/share/{link['token']}?skip=50"), 410)
+    assert_problem(client.get("/share/unknown-token?skip=50"), 404)
 
 
 def test_concurrent_views_all_count(app: Flask, client: FlaskClient, shared: dict[str, Any]) -> None:
@@ -335,10 +374,14 @@ def test_share_routes_are_documented(client: FlaskClient) -> None:
         ("/albums/{album_id}/share", "post"): ({"201", "401", "404", "422"}, True),
         ("/albums/{album_id}/share", "get"): ({"200", "401", "404"}, True),
         ("/albums/{album_id}/share/{share_id}", "delete"): ({"204", "401", "404"}, True),
-        ("/share/{token}", "get"): ({"200", "404", "410"}, False),
+        ("/share/{token}", "get"): ({"200", "404", "410", "422"}, False),
         ("/share/{token}/photos/{photo_id}/image", "get"): ({"200", "206", "304", "404", "410", "416"}, False),
     }
     for (path, method), (statuses, auth) in expected.items():
         operation = paths[path][method]
         assert statuses <= set(operation["responses"]), (path, method)
         assert ("security" in operation) is auth, (path, method)
+    parameters = {p["name"]: p for p in paths["/share/{token}"]["get"]["parameters"] if p["in"] == "query"}
+    assert set(parameters) == {"skip", "limit"}
+    limit = parameters["limit"]["schema"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, PAGE_LIMIT_DEFAULT)

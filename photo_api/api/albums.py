@@ -7,7 +7,7 @@ from typing import Annotated
 from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..models import MAX_ID, Album, Photo
+from ..models import MAX_ID, Album
 from ..services import albums
 from ..services.fields import Description
 from .common import auth_required, current_user, db_session, json_body, query_args, respond
@@ -67,9 +67,10 @@ def album_out(album: Album, photo_count: int) -> AlbumOut:
     )
 
 
-def _album_with_photos_out(album: Album, photos: list[Photo]) -> AlbumWithPhotosOut:
+def _album_with_photos_out(page: albums.AlbumPage) -> AlbumWithPhotosOut:
     return AlbumWithPhotosOut(
-        **album_out(album, len(photos)).model_dump(), photos=[PhotoOut.model_validate(p) for p in photos]
+        **album_out(page.album, page.photo_count).model_dump(),
+        photos=[PhotoOut.model_validate(p) for p in page.photos],
     )
 
 
@@ -99,16 +100,20 @@ def list_albums() -> Response:
 
 @bp.get("/<int:album_id>")
 @doc(
-    "An album with its photos in album order",
+    "An album with a page of its photos in album order",
     tag="albums",
+    query=Pagination,
     responses={200: AlbumWithPhotosOut},
     errors=(404,),
-    description="Photos are listed in the order they were added; pending uploads are left out.",
+    description="Photos are listed in the order they were added; pending uploads are left out. `photos` holds "
+    "the page (`skip`, `limit`: 50 by default, at most 100); `photo_count` counts all the album's ready photos, "
+    "so another page exists while `skip` + the page's length < `photo_count`.",
 )
 @auth_required
 def get_album(album_id: int) -> Response:
-    album, photos = albums.get_album_with_photos(db_session(), current_user().id, album_id)
-    return respond(_album_with_photos_out(album, photos))
+    page = query_args(Pagination)
+    found = albums.get_album_with_photos(db_session(), current_user().id, album_id, skip=page.skip, limit=page.limit)
+    return respond(_album_with_photos_out(found))
 
 
 @bp.patch("/<int:album_id>")

@@ -12,11 +12,11 @@ from .. import metrics
 from ..images import ALLOWED_IMAGE_TYPES
 from ..models import ShareLink
 from ..services import shares
-from .common import auth_required, current_user, db_session, json_body, public_base_url, respond
+from .common import auth_required, current_user, db_session, json_body, public_base_url, query_args, respond
 from .context import current_limits
 from .delivery import deliver_image
 from .openapi import doc
-from .schemas import Request, SharedAlbumOut, SharedPhotoOut, ShareLinkOut
+from .schemas import Pagination, Request, SharedAlbumOut, SharedPhotoOut, ShareLinkOut
 
 bp = Blueprint("shares", __name__)
 
@@ -94,16 +94,21 @@ def revoke_share(album_id: int, share_id: int) -> Response:
 
 @bp.get("/share/<token>")
 @doc(
-    "A shared album, as the public sees it",
+    "A shared album with a page of its photos, as the public sees it",
     tag="public",
+    query=Pagination,
     responses={200: SharedAlbumOut},
     errors=(404, 410),
     description="No authentication: the token is the credential. 404 for an unknown token, 410 for a revoked "
-    "or expired one. Every successful call counts one view.",
+    "or expired one. `photos` holds the page (`skip`, `limit`: 50 by default, at most 100) in album order; "
+    "`photo_count` counts all the album's photos. Every successful call of the first page (`skip` 0) counts "
+    "one view; later pages do not.",
 )
 def view_shared_album(token: str) -> Response:
-    shared = shares.view_shared_album(db_session(), token)
-    metrics.share_view()
+    page = query_args(Pagination)
+    shared = shares.view_shared_album(db_session(), token, skip=page.skip, limit=page.limit)
+    if page.skip == 0:
+        metrics.share_view()
     album = shared.album
     shared_photos = [
         SharedPhotoOut(
@@ -121,7 +126,7 @@ def view_shared_album(token: str) -> Response:
         SharedAlbumOut(
             album_name=album.name,
             album_description=album.description,
-            photo_count=len(shared_photos),
+            photo_count=shared.photo_count,
             created_at=album.created_at,
             photos=shared_photos,
         )

@@ -32,6 +32,14 @@ class CountedAlbum(NamedTuple):
     photo_count: int
 
 
+class AlbumPage(NamedTuple):
+    """An album, one page of its ready photos in album order, and how many ready photos it holds in all."""
+
+    album: Album
+    photos: list[Photo]
+    photo_count: int
+
+
 def _ready_photo_count(album_id: int | InstrumentedAttribute[int]) -> ScalarSelect[int]:
     """COUNT of the ready photos of `album_id` (a value, or `Album.id` for a correlated subquery)."""
     return (
@@ -86,10 +94,20 @@ def get_album(session: Session, owner_id: int, album_id: int, *, for_update: boo
     return album
 
 
-def get_album_with_photos(session: Session, owner_id: int, album_id: int) -> tuple[Album, list[Photo]]:
-    """The owner's album and its ready photos in album order."""
+def get_album_with_photos(session: Session, owner_id: int, album_id: int, *, skip: int, limit: int) -> AlbumPage:
+    """The owner's album, a page of its ready photos in album order, and their total count."""
     album = get_album(session, owner_id, album_id)
-    return album, list(session.scalars(ready_photos_query(album.id)))
+    return album_page(session, album, skip=skip, limit=limit)
+
+
+def album_page(session: Session, album: Album, *, skip: int, limit: int) -> AlbumPage:
+    """`album` with the page of its ready photos that starts at `skip`, and their total count."""
+    photos = list(session.scalars(ready_photos_query(album.id).offset(skip).limit(limit)))
+    if len(photos) < limit and (photos or skip == 0):
+        total = skip + len(photos)  # this page reaches the album's end: no second query (the usual small album)
+    else:
+        total = count_ready_photos(session, album.id)
+    return AlbumPage(album, photos, total)
 
 
 def update_album(

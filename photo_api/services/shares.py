@@ -9,7 +9,6 @@ import logging
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, or_, select, update
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import GoneError, NotFoundError
 from ..models import Album, AlbumPhoto, Photo, PhotoStatus, ShareLink, is_id, utcnow
-from .albums import get_album, ready_photos_query
+from .albums import AlbumPage, album_page, get_album
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,6 @@ SHARE_NOT_FOUND = "Share link not found"
 # What token_urlsafe produces, within the column's length. Anything else cannot be a token, and must not
 # reach the database (PostgreSQL rejects a NUL character with an error rather than finding nothing).
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-@dataclass(frozen=True)
-class SharedAlbum:
-    """What a share link opens: the album and its ready photos in album order."""
-
-    album: Album
-    photos: list[Photo]
 
 
 def create_share(
@@ -105,18 +96,26 @@ def _unusable_link_error(session: Session, token: str) -> NotFoundError | GoneEr
     return GoneError("Share link has expired or been revoked")
 
 
-def view_shared_album(session: Session, token: str, *, clock: Callable[[], datetime] = utcnow) -> SharedAlbum:
-    """Open a share link for the public and count the view; NotFoundError if unknown, GoneError if unusable."""
+def view_shared_album(
+    session: Session, token: str, *, skip: int, limit: int, clock: Callable[[], datetime] = utcnow
+) -> AlbumPage:
+    """A page of what a share link opens; NotFoundError if unknown, GoneError if unusable.
+
+    Opening the album (the first page, `skip` 0) counts one view; the later pages of the same visit do not.
+    """
     _check_shape(token)
-    # One UPDATE both checks the link and counts the view, so concurrent views all count, and a link
-    # revoked a moment ago is not counted.
-    row = session.execute(
-        update(ShareLink)
-        .where(ShareLink.token == token, _usable(clock()))
-        .values(view_count=ShareLink.view_count + 1)
-        .returning(ShareLink.id),
-        execution_options={"synchronize_session": False},
-    ).one_or_none()
+    if skip == 0:
+        # One UPDATE both checks the link and counts the view, so concurrent views all count, and a link
+        # revoked a moment ago is not counted.
+        row = session.execute(
+            update(ShareLink)
+            .where(ShareLink.token == token, _usable(clock()))
+            .values(view_count=ShareLink.view_count + 1)
+            .returning(ShareLink.id),
+            execution_options={"synchronize_session": False},
+        ).one_or_none()
+    else:
+        row = session.execute(select(ShareLink.id).where(ShareLink.token == token, _usable(clock()))).one_or_none()
     if row is None:
         session.rollback()
         raise _unusable_link_error(session, token)
@@ -127,9 +126,9 @@ def view_shared_album(session: Session, token: str, *, clock: Callable[[], datet
     ).one_or_none()
     if album is None:  # the album (and with it the link) was deleted since
         raise NotFoundError(SHARE_NOT_FOUND)
-    photos = list(session.scalars(ready_photos_query(album.id)))
-    log.info("shared album viewed", extra={"share_link_id": row.id, "album_id": album.id})
-    return SharedAlbum(album, photos)
+    page = album_page(session, album, skip=skip, limit=limit)
+    log.info("shared album viewed", extra={"share_link_id": row.id, "album_id": album.id, "skip": skip})
+    return page
 
 
 def shared_photo(session: Session, token: str, photo_id: int, *, clock: Callable[[], datetime] = utcnow) -> Photo:
