@@ -191,3 +191,18 @@ def test_haproxy_probe_timing_fits_the_drain(example: Settings) -> None:
     assert "uri /health" in text
     (keep_alive,) = re.findall(r"^\s*timeout http-keep-alive (\S+)$", text, flags=re.MULTILINE)
     assert _seconds(keep_alive) < example.keepalive
+
+
+def test_proxy_access_log_formats_leave_out_credentials() -> None:
+    # The run-for-real check is tests/e2e/test_proxy_logs.py; this one keeps a later edit from putting a
+    # variable that carries a token or a signature back into a format.
+    site = (OPS / "nginx" / "photo-api.conf").read_text()
+    (log_format,) = re.findall(r"^log_format photo_api .*?;$", site, flags=re.MULTILINE | re.DOTALL)
+    assert not re.findall(r"\$(request|request_uri|args|arg_\w+|query_string|is_args|http_referer)\b", log_format)
+    assert "$photo_api_log_path" in log_format and "$photo_api_request_id" in log_format
+    assert _directive(site, "access_log") == ["/var/log/nginx/photo-api.access.log photo_api"]
+    haproxy = (OPS / "haproxy" / "photo-api.cfg").read_text()
+    assert not re.search(r"^\s*option\s+httplog", haproxy, flags=re.MULTILINE)
+    (log_format,) = re.findall(r"^\s*log-format (.*)$", haproxy, flags=re.MULTILINE)
+    assert not re.findall(r"%(\{[^}]*\})?(r|HU|HQ)\b", log_format)
+    assert "var(txn.log_request)" in log_format

@@ -2,7 +2,8 @@
 
 The configs are *derived* from `ops/haproxy/photo-api.cfg` and `ops/nginx/photo-api.conf`: only what
 differs on loopback is rewritten (listen address, the instance list, the check timing the test's
-settings describe, paths of the nginx prefix). Each rewrite must match exactly once, so a change to a
+settings describe, paths of the nginx prefix, nginx's access log into the test's directory; HAProxy logs
+to its stdout, kept in `haproxy.log`). Each rewrite must match exactly once, so a change to a
 shipped file that the derivation no longer understands fails loudly instead of testing something else.
 Both run in the foreground as children of the test, in a session of their own, killed at `close()`.
 """
@@ -186,6 +187,10 @@ class Nginx(_Child):
         site = _sub_once(r"^\s*listen \[::\]:80;\n", "", site)
         servers = [f"    server {host}:{port} max_fails=1 fail_timeout=5s;" for host, port in backends]
         site = _replace_servers(site, r"^\s*server 10\.0\.0\.\d+:8000 ", servers)
+        self.access_log_path = workdir / "photo-api.access.log"
+        site = _sub_once(
+            r"^(\s*access_log) /var/log/nginx/photo-api\.access\.log (\w+);$", rf"\1 {self.access_log_path} \2;", site
+        )
         self.site_path = workdir / "photo-api.conf"
         self.site_path.write_text(site)
         temp = workdir / "temp"
@@ -197,7 +202,8 @@ class Nginx(_Child):
             f"{user}worker_processes 1;\nerror_log {workdir}/error.log info;\npid {workdir}/nginx.pid;\n"
             "events { worker_connections 1024; }\n"
             "http {\n"
-            f"    access_log {workdir}/access.log;\n"
+            # As in a distribution's nginx.conf, whose http-level log the site's own access_log replaces.
+            "    access_log off;\n"
             + "".join(
                 f"    {kind}_temp_path {temp}/{kind};\n"
                 for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -224,6 +230,10 @@ class Nginx(_Child):
     def url(self, path: str = "/") -> str:
         """The URL of `path` through nginx."""
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def access_log(self) -> str:
+        """What the site's access log holds so far."""
+        return self.access_log_path.read_text(errors="replace") if self.access_log_path.exists() else ""
 
 
 def validate_shipped_configs(workdir: Path) -> None:
