@@ -109,13 +109,16 @@ def presign() -> Response:
     tag="photos",
     body=ConfirmIn,
     responses={200: PhotoOut},
-    errors=(404, 410),
+    errors=(404, 409, 410),
     description=(
         "Idempotent: confirming a ready photo answers it again. The stored file must exist, have the "
         "declared size (at most MAX_UPLOAD_BYTES) and be an image of the declared type, judged by its bytes. "
         "422 when it does not: `errors` names `file_size` and/or `content_type`, and the photo and its file "
         "are removed. 422 naming `photo_id` when nothing was uploaded yet: the photo stays pending and the "
-        "client may still upload within the window. 410 when nothing was uploaded and the window has closed."
+        "client may still upload within the window. 410 when nothing was uploaded and the window has closed. "
+        "The checked bytes are copied to the photo's own object, which the upload URL does not reach: "
+        "nothing sent to the URL afterwards changes the photo. 409 when the file was replaced while "
+        "confirm ran: the photo stays pending; confirm again."
     ),
 )
 @auth_required

@@ -50,6 +50,7 @@ from photo_api.resilience import (
 from photo_api.storage.base import CHUNK_SIZE, ObjectReader, PresignedUpload, StoredObject, resolve_range
 from photo_api.storage.errors import (
     InvalidKeyError,
+    ObjectChangedError,
     ObjectNotFoundError,
     ObjectTooLargeError,
     RangeOutsideObjectError,
@@ -252,6 +253,46 @@ class SwiftStorage:
             self._delete_quietly(key)
             raise StorageError(f"upload of {key!r} was corrupted in transit (ETag mismatch)")
         return StoredObject(key=key, size=body.size, content_type=content_type, etag=etag, last_modified=last_modified)
+
+    def copy(self, source: str, destination: str, *, content_type: str, if_match: str | None = None) -> StoredObject:
+        """Server-side copy (`PUT` with `X-Copy-From`), then a HEAD of the copy; see Storage.copy.
+
+        Swift evaluates a copy request's conditional headers against the *source*, so `If-Match` makes the
+        copy happen only while the source still has the ETag the caller checked (412 otherwise).
+        `X-Fresh-Metadata` drops whatever metadata the source's uploader attached (user metadata, a
+        Content-Disposition, an X-Delete-At): the copy carries only its bytes and `content_type`.
+        """
+        _validate_key(source)
+        _validate_key(destination)
+        _validate_content_type(content_type)
+        headers = {
+            "X-Copy-From": quote(f"/{self._container}/{source}", safe="/"),
+            "X-Fresh-Metadata": "true",
+            "Content-Type": content_type,
+        }
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+
+        def send(token: Token) -> requests.Response:
+            return self._session.put(
+                self._object_url(token, destination),
+                data=b"",  # a copy request must have an empty body (Content-Length: 0)
+                headers={"X-Auth-Token": token.id, **headers},
+                # Swift answers once it has read and written the whole object: an upload's budget.
+                timeout=(self._policy.connect_timeout, self._upload_timeout),
+            )
+
+        # Idempotent: repeating it writes the same bytes again, and the condition is re-evaluated.
+        with self._request(send, "copy", idempotent=True, deadline=self._upload_timeout) as response:
+            status = response.status_code
+            if status == 404:
+                raise ObjectNotFoundError(source)
+            if status == 412:
+                raise ObjectChangedError(f"object {source!r} no longer has ETag {if_match}")
+            if status != 201:
+                _unexpected(response, f"copy of {source!r} to {destination!r}")
+        # The copy's answer has no size: ask for the object as it is now stored.
+        return self.head(destination)
 
     def open(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectReader:
         """Stream an object (or an inclusive byte range of it) from Swift in chunks."""
