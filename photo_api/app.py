@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         probe=DatabaseProbe(db, settings.health_check_timeout, settings.health_check_cache_seconds),
         limits=Limits(
             max_upload_bytes=settings.max_upload_bytes,
+            client_body_timeout=settings.client_body_timeout,
             upload_url_expire_seconds=settings.upload_url_expire_seconds,
             image_token_seconds=settings.image_token_expire_seconds,
             share_image_token_seconds=settings.share_image_token_expire_seconds,

@@ -40,6 +40,12 @@ class NotFoundError(AppError):
     status, title = 404, "Not Found"
 
 
+class ClientTimeoutError(AppError):
+    """The client stopped sending its request body: its own problem, never a dependency's failure."""
+
+    status, title = 408, "Request Timeout"
+
+
 class ConflictError(AppError):
     status, title = 409, "Conflict"
 

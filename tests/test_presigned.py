@@ -559,5 +559,5 @@ def test_upload_routes_are_documented(client: FlaskClient) -> None:
     put_op = paths["/uploads/{key}"]["put"]
     assert put_op["requestBody"]["content"]["application/octet-stream"]["schema"]["format"] == "binary"
     assert "security" not in put_op  # the signature is the credential
-    assert {"201", "401", "404", "410", "413"} <= set(put_op["responses"])
+    assert {"201", "401", "404", "408", "410", "413"} <= set(put_op["responses"])
     assert "ETag" in put_op["responses"]["201"]["headers"]

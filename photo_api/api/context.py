@@ -25,6 +25,7 @@ class Limits:
     """The request-facing numbers of the settings, fixed at boot."""
 
     max_upload_bytes: int
+    client_body_timeout: float  # the longest one read of an upload body waits for the client (then 408)
     upload_url_expire_seconds: int
     image_token_seconds: int  # an owner's CDN image URL
     share_image_token_seconds: int  # a share link's CDN image URL

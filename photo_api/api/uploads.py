@@ -13,7 +13,7 @@ from ..images import ALLOWED_IMAGE_TYPES
 from ..models import MAX_ID
 from ..services import uploads
 from ..services.fields import Description, Title
-from .common import auth_required, current_user, db_session, json_body, public_base_url, respond
+from .common import auth_required, client_body, current_user, db_session, json_body, public_base_url, respond
 from .context import current_limits, current_storage
 from .openapi import doc
 from .schemas import PhotoOut, Request
@@ -144,13 +144,14 @@ def confirm() -> Response:
     responses={
         201: {"headers": {"ETag": {"description": "quoted MD5 of the stored bytes", "schema": {"type": "string"}}}}
     },
-    errors=(401, 404, 409, 410, 413),
+    errors=(401, 404, 408, 409, 410, 413),
     description=(
         "The URL comes from `POST /photos/presigned-url` and needs no bearer token. Like a Swift TempURL: "
         "401 for a missing, tampered or expired signature; 201 with an empty body and the ETag. The bytes are "
         "stored with the declared content type and only checked at confirm. 404 when the photo is no longer "
         "pending, 410 when its window has closed (or the photo was removed while the bytes arrived), "
-        "409 when the photo was confirmed while they arrived, 413 beyond MAX_UPLOAD_BYTES."
+        "409 when the photo was confirmed while they arrived, 413 beyond MAX_UPLOAD_BYTES, 408 when the client "
+        "sends nothing for CLIENT_BODY_TIMEOUT seconds in the middle of the body (nothing is stored)."
     ),
 )
 def receive_upload(key: str) -> Response:
@@ -164,7 +165,7 @@ def receive_upload(key: str) -> Response:
     # which storage makes after exactly MAX_UPLOAD_BYTES to see whether more follows: storage decides.
     request.max_content_length = max_bytes + 1
     obj = uploads.receive_upload(
-        db_session(), storage, key=key, stream=cast(BinaryIO, request.stream), max_bytes=max_bytes
+        db_session(), storage, key=key, stream=cast(BinaryIO, client_body()), max_bytes=max_bytes
     )
     return Response(status=201, headers={"ETag": f'"{obj.etag}"'})
 

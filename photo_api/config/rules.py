@@ -133,6 +133,15 @@ def _rule_graceful(s: Settings) -> Iterable[ConfigProblem]:
         )
 
 
+def _rule_client_body(s: Settings) -> Iterable[ConfigProblem]:
+    # A request waiting on a silent client when the instance stops then gets its 408 within the graceful
+    # stop, instead of being cut off with the worker.
+    if s.client_body_timeout > s.graceful_timeout:
+        yield problem(
+            "client_body_timeout", f"must not exceed the graceful stop (GRACEFUL_TIMEOUT={s.graceful_timeout:g}s)"
+        )
+
+
 def _rule_drain(s: Settings) -> Iterable[ConfigProblem]:
     # While draining, the probe answers 503 at once; the LB needs `threshold` failed probes, one per
     # interval, to stop routing, plus one probe timeout of margin for a probe already under way and for
@@ -227,6 +236,7 @@ RULES: list[Rule] = [
     ((), _rule_log_shipping),
     (("health_check_timeout", "lb_health_check_timeout"), _rule_health_timeout),
     (("graceful_timeout", "db_statement_timeout_ms"), _rule_graceful),
+    (("client_body_timeout", "graceful_timeout"), _rule_client_body),
     (("keepalive", "lb_idle_timeout"), _rule_keepalive),
     (
         (

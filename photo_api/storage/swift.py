@@ -8,6 +8,9 @@ Decisions worth knowing:
   our MD5. An upload is retried (transient failure, or a 401) only when its source is seekable, so it
   can be rewound: a request body stream cannot be replayed, and a retry that sent half a body again
   would store garbage. The web layer's request stream is not seekable, so API uploads get one attempt.
+- Only Swift's own time counts against an upload: reading the source happens outside the call's deadline,
+  and a source that fails or stalls (the API's body reader raises when a client stops sending) aborts the
+  PUT without counting as a Swift failure or success in the breaker.
 - Going over `max_bytes` aborts the PUT before the terminating chunk is sent, which makes Swift discard
   the partial body; whatever was stored under the key before stays in place.
 - For a streaming GET, the deadline and the bulkhead slot cover obtaining the response headers; the
@@ -37,10 +40,12 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from photo_api.greenlets import outside_deadlines
 from photo_api.resilience import (
     RETRYABLE_STATUSES,
     Bulkhead,
     BulkheadFullError,
+    CallerSideError,
     DependencyUnavailableError,
     Events,
     Policy,
@@ -83,8 +88,8 @@ class _TokenRejectedError(Exception):
     """Swift answered 401: the token expired or was revoked (an answer, so the breaker stays closed)."""
 
 
-class _SourceError(Exception):
-    """The caller's upload stream failed; carried through requests so it is not mistaken for a Swift failure."""
+class _SourceError(CallerSideError):
+    """The caller's upload stream failed or stalled: carried through requests and the breaker, counted neither way."""
 
     def __init__(self, original: BaseException) -> None:
         super().__init__(str(original))
@@ -126,7 +131,10 @@ class _UploadBody:
             # At most one byte past the limit, so an oversized upload is noticed without reading on.
             want = CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - self.size + 1)
             try:
-                chunk = self._stream.read(want)
+                # Waiting for the source (a client sending its body) is not Swift's time: the call's deadline
+                # stops meanwhile, so a slow but live client does not use up STORAGE_UPLOAD_TIMEOUT.
+                with outside_deadlines():
+                    chunk = self._stream.read(want)
             except Exception as exc:
                 raise _SourceError(exc) from exc
             if not chunk:
