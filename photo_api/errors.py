@@ -62,6 +62,16 @@ class PayloadTooLargeError(AppError):
     status, title = 413, "Content Too Large"
 
 
+class TooManyRequestsError(AppError):
+    """The caller holds too much of something limited; `retry_after` (seconds) says when some of it frees up."""
+
+    status, title = 429, "Too Many Requests"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1):
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class UnsupportedMediaTypeError(AppError):
     status, title = 415, "Unsupported Media Type"
 

@@ -135,6 +135,15 @@ BAD_ENVIRONMENTS = [
         "graceful_timeout",
         id="client-body-timeout-beyond-graceful",
     ),
+    pytest.param(
+        {"MAX_UPLOAD_BYTES": "1000000", "MAX_PENDING_UPLOAD_BYTES_PER_USER": "999999"},
+        "MAX_PENDING_UPLOAD_BYTES_PER_USER",
+        "max_upload_bytes",
+        id="pending-bytes-below-one-upload",
+    ),
+    pytest.param(
+        {"MAX_PENDING_UPLOADS_PER_USER": "0"}, "MAX_PENDING_UPLOADS_PER_USER", "greater than", id="pending-uploads-0"
+    ),
     pytest.param({"CLIENT_BODY_TIMEOUT": "0"}, "CLIENT_BODY_TIMEOUT", "greater than 0", id="client-body-timeout-0"),
     # Object storage (Swift's client_timeout, 60 s) would drop a PUT that waits that long on a client.
     pytest.param({"CLIENT_BODY_TIMEOUT": "60"}, "CLIENT_BODY_TIMEOUT", "55", id="client-body-timeout-60"),

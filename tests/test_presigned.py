@@ -553,7 +553,8 @@ def test_presign_and_confirm_need_a_token(client: FlaskClient) -> None:
 def test_upload_routes_are_documented(client: FlaskClient) -> None:
     paths = client.get("/openapi.json").get_json()["paths"]
     presign_op = paths["/photos/presigned-url"]["post"]
-    assert {"201", "401", "404", "422"} <= set(presign_op["responses"])
+    assert {"201", "401", "404", "422", "429"} <= set(presign_op["responses"])
+    assert "Retry-After" in presign_op["responses"]["429"]["headers"]
     confirm_op = paths["/photos/confirm"]["post"]
     assert {"200", "404", "409", "410", "422"} <= set(confirm_op["responses"])
     put_op = paths["/uploads/{key}"]["put"]
@@ -561,3 +562,73 @@ def test_upload_routes_are_documented(client: FlaskClient) -> None:
     assert "security" not in put_op  # the signature is the credential
     assert {"201", "401", "404", "408", "410", "413"} <= set(put_op["responses"])
     assert "ETag" in put_op["responses"]["201"]["headers"]
+
+
+def test_pending_uploads_per_user_are_capped_with_429_until_one_is_confirmed_or_expires(
+    make_client: Callable[..., tuple[Flask, FlaskClient]],
+) -> None:
+    app, client = make_client(max_pending_uploads_per_user=3, upload_url_expire_seconds=600)
+    users = Users(client)
+    owner, other = users.create(), users.create()
+    bodies = [upload_photo(client, owner) for _ in range(3)]
+    # The first reservation expires soonest: its expiry is when room frees up without a confirm.
+    with rt(app).db.session() as session:
+        session.execute(
+            update(Photo)
+            .where(Photo.id == bodies[0]["photo_id"])
+            .values(upload_expires_at=utcnow() + timedelta(seconds=100))
+        )
+        session.commit()
+
+    r = presign(client, owner)
+    assert r.status_code == 429
+    assert r.mimetype == PROBLEM
+    assert "MAX_PENDING_UPLOADS_PER_USER" in r.get_json()["detail"]
+    assert 95 <= int(r.headers["Retry-After"]) <= 100
+    with rt(app).db.session() as session:
+        assert len(session.scalars(select(Photo.id).where(Photo.owner_id == owner["id"])).all()) == 3
+    assert presign(client, other).status_code == 201  # per user
+
+    assert confirm(client, owner, bodies[1]["photo_id"]).status_code == 200  # a confirmed one no longer counts
+    assert presign(client, owner).status_code == 201
+    assert presign(client, owner).status_code == 429
+    expire_upload_window(app, bodies[2]["photo_id"])  # nor does one whose window has closed, reaped or not
+    assert presign(client, owner).status_code == 201
+
+
+def test_pending_upload_bytes_per_user_are_capped(make_client: Callable[..., tuple[Flask, FlaskClient]]) -> None:
+    _app, client = make_client(max_upload_bytes=1000, max_pending_upload_bytes_per_user=2500)
+    owner = Users(client).create()
+    assert [presign(client, owner, file_size=1000).status_code for _ in range(2)] == [201, 201]
+    r = presign(client, owner, file_size=1000)
+    assert r.status_code == 429
+    assert "MAX_PENDING_UPLOAD_BYTES_PER_USER" in r.get_json()["detail"]
+    assert 1 <= int(r.headers["Retry-After"]) <= 3600
+    assert presign(client, owner, file_size=500).status_code == 201  # exactly the limit
+    assert presign(client, owner, file_size=1).status_code == 429
+
+
+def test_concurrent_presigns_never_pass_the_pending_limit(
+    make_client: Callable[..., tuple[Flask, FlaskClient]], settings: Settings
+) -> None:
+    if settings.is_sqlite:
+        pytest.skip("several workers share one PostgreSQL; SQLite is single-host development only")
+    limit, attempts = 3, 12
+    app, client = make_client(max_pending_uploads_per_user=limit)
+    owner = Users(client).create()
+    barrier = threading.Barrier(attempts)
+    statuses: list[int] = []
+
+    def presign_in_thread() -> None:
+        own_client = app.test_client()
+        barrier.wait()
+        statuses.append(presign(own_client, owner).status_code)
+
+    threads = [threading.Thread(target=presign_in_thread) for _ in range(attempts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [201] * limit + [429] * (attempts - limit)
+    with rt(app).db.session() as session:
+        assert len(session.scalars(select(Photo.id).where(Photo.owner_id == owner["id"])).all()) == limit

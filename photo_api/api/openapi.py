@@ -43,6 +43,7 @@ _STATUS_TEXT = {
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     503: "Service Unavailable",
 }
 # Every route can answer these; documented once per operation.
@@ -149,8 +150,9 @@ def _operation(components: _Components, meta: dict[str, Any], params: list[dict[
                 "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
             },
         )
-    if "503" in responses:
-        responses["503"]["headers"]["Retry-After"] = {"schema": {"type": "integer"}}
+    for code in ("429", "503"):
+        if code in responses:
+            responses[code]["headers"]["Retry-After"] = {"schema": {"type": "integer"}}
     op["responses"] = responses
     return op
 

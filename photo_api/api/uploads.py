@@ -68,13 +68,15 @@ class UploadVerifier(Protocol):
     tag="photos",
     body=PresignIn,
     responses={201: PresignOut},
-    errors=(404,),
+    errors=(404, 429),
     description=(
         "The photo stays pending (not listed, not in album listings) until `POST /photos/confirm`. "
         "Send the file with `upload_method` to `upload_url` with `upload_headers` before `expires_in` "
         "seconds have passed; an unconfirmed upload is removed after that by the reaper. "
         "422 for a type other than JPEG, PNG, WebP or GIF, or a size above MAX_UPLOAD_BYTES; "
-        "404 when `album_id` is not one of the caller's albums."
+        "404 when `album_id` is not one of the caller's albums; 429 with `Retry-After` when the caller "
+        "already has MAX_PENDING_UPLOADS_PER_USER uploads pending, or their declared sizes plus this one "
+        "would pass MAX_PENDING_UPLOAD_BYTES_PER_USER (confirm them, or wait until they expire)."
     ),
 )
 @auth_required
@@ -90,6 +92,8 @@ def presign() -> Response:
         file_size=data.file_size,
         max_upload_bytes=limits.max_upload_bytes,
         expires_in=limits.upload_url_expire_seconds,
+        max_pending_uploads=limits.max_pending_uploads_per_user,
+        max_pending_bytes=limits.max_pending_upload_bytes_per_user,
         album_id=data.album_id,
         title=data.title,
         description=data.description,

@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     nhn_storage_container: str | None = None
     nhn_storage_temp_url_key: SecretStr | None = None
     upload_url_expire_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # What one user may hold pending (presigned, not yet confirmed) at once, so that one account cannot
+    # keep hundreds of maximum-size reservations open: a phone app presigning a batch of 200 photos of
+    # 10 MB stays within both.
+    max_pending_uploads_per_user: int = Field(default=200, ge=1, le=100_000)
+    max_pending_upload_bytes_per_user: int = Field(default=2 * 1024**3, ge=1, le=1024**4)
     # Bulkhead: concurrent storage calls per worker, and how long a call waits for a free slot before
     # failing with 503, so a slow storage cannot hold every greenlet of the worker.
     storage_max_concurrency: int = Field(default=20, ge=1, le=10_000)

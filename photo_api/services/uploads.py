@@ -23,15 +23,24 @@ is deleted without touching the winner's.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import ConflictError, FieldError, GoneError, NotFoundError, PayloadTooLargeError, ValidationFailedError
+from ..errors import (
+    ConflictError,
+    FieldError,
+    GoneError,
+    NotFoundError,
+    PayloadTooLargeError,
+    TooManyRequestsError,
+    ValidationFailedError,
+)
 from ..images import (
     ALLOWED_IMAGE_TYPES,
     SNIFF_BYTES,
@@ -40,7 +49,7 @@ from ..images import (
     sanitize_filename,
     sniff_image_type,
 )
-from ..models import Album, AlbumPhoto, Photo, PhotoStatus, utcnow
+from ..models import Album, AlbumPhoto, Photo, PhotoStatus, User, utcnow
 from ..storage import (
     ObjectChangedError,
     ObjectNotFoundError,
@@ -88,16 +97,22 @@ def create_presigned(
     file_size: int,
     max_upload_bytes: int,
     expires_in: int,
+    max_pending_uploads: int,
+    max_pending_bytes: int,
     album_id: int | None = None,
     title: str | None = None,
     description: str | None = None,
+    now: datetime | None = None,
 ) -> PresignedPhoto:
     """Create a pending photo and presign its upload; 422 for a bad type or size, 404 for a foreign album.
 
-    With `album_id` the membership row is written now, in the same transaction: album listings and
-    counts only show ready photos, so the photo appears in the album exactly when it is confirmed, and
-    the row disappears with the photo (ON DELETE CASCADE) if it never is.
+    429 when the owner's pending uploads (presigned, not confirmed, window still open) would then be more
+    than `max_pending_uploads` or declare more than `max_pending_bytes` in all; its `retry_after` is
+    when the first of them expires. With `album_id` the membership row is written now, in the same
+    transaction: album listings and counts only show ready photos, so the photo appears in the album
+    exactly when it is confirmed, and the row disappears with the photo (ON DELETE CASCADE) if it never is.
     """
+    now = now or utcnow()
     content_type = content_type.strip().lower()  # media types are case-insensitive (RFC 9110 §8.3.1)
     problems = []
     if content_type not in ALLOWED_IMAGE_TYPES:
@@ -114,7 +129,10 @@ def create_presigned(
         raise NotFoundError("Album not found")
 
     key = new_staging_key(owner_id, content_type)
+    # Signed before the owner's row is locked below: it may need storage I/O (a token), and a URL that
+    # is refused is only a signature nobody sees.
     upload = storage.presign_upload(key, content_type=content_type, expires_in=expires_in)
+    _check_pending_quota(session, owner_id, file_size, max_pending_uploads, max_pending_bytes, now)
     photo = Photo(
         owner_id=owner_id,
         filename=key,
@@ -298,6 +316,39 @@ def reap(session: Session, storage: Storage, now: datetime, batch: int = DEFAULT
             break
     done, failed = deletions.retry_pending(session, storage, now=now)
     return ReapResult(expired_uploads_removed=removed, deletions_retried=done, deletions_failed=failed)
+
+
+def _check_pending_quota(
+    session: Session, owner_id: int, file_size: int, max_uploads: int, max_bytes: int, now: datetime
+) -> None:
+    """Lock the owner's row until the commit and refuse (429) a reservation beyond the owner's limits.
+
+    The lock serialises one owner's presigns on PostgreSQL, so that concurrent ones cannot each count the
+    same free slot; FOR NO KEY UPDATE does not block the FOR KEY SHARE that inserting photos takes.
+    """
+    session.execute(select(User.id).where(User.id == owner_id).with_for_update(key_share=True))
+    count, declared, first_expiry = session.execute(
+        select(
+            func.count(Photo.id), func.coalesce(func.sum(Photo.file_size), 0), func.min(Photo.upload_expires_at)
+        ).where(Photo.owner_id == owner_id, Photo.status == PhotoStatus.PENDING, Photo.upload_expires_at > now)
+    ).one()
+    if count + 1 > max_uploads:
+        detail = (
+            f"{count} uploads are pending, the most allowed (MAX_PENDING_UPLOADS_PER_USER): "
+            "confirm them, or wait until they expire"
+        )
+    elif declared + file_size > max_bytes:
+        detail = (
+            f"Pending uploads declare {declared} bytes; {file_size} more would pass the limit of {max_bytes} "
+            "(MAX_PENDING_UPLOAD_BYTES_PER_USER): confirm them, or wait until they expire"
+        )
+    else:
+        return
+    session.rollback()
+    # The first reservation to expire frees room (none is pending only when one file alone is over the
+    # byte limit, which config refuses: MAX_PENDING_UPLOAD_BYTES_PER_USER >= MAX_UPLOAD_BYTES).
+    wait = (first_expiry - now).total_seconds() if first_expiry is not None else 1
+    raise TooManyRequestsError(detail, retry_after=max(1, math.ceil(wait)))
 
 
 def _owns_album(session: Session, owner_id: int, album_id: int) -> bool:
