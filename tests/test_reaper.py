@@ -144,6 +144,15 @@ def test_reaper_retries_recorded_deletions(app: Flask) -> None:
     assert reap(app) == ReapResult(0, 0, 0)
 
 
+def test_reaper_retries_recorded_deletions_batch_after_batch(app: Flask) -> None:
+    # Every confirmed upload schedules a delete: one run must get through more than one batch of them.
+    for i in range(5):
+        record_deletion(app, f"staging/u/9/{i}.png")
+    assert reap(app, batch=2) == ReapResult(expired_uploads_removed=0, deletions_retried=5, deletions_failed=0)
+    with rt(app).db.session() as session:
+        assert session.scalars(select(PendingObjectDeletion)).all() == []
+
+
 def test_concurrent_reapers_remove_each_expired_upload_exactly_once(
     app: Flask, client: FlaskClient, users: Users
 ) -> None:

@@ -314,7 +314,14 @@ def reap(session: Session, storage: Storage, now: datetime, batch: int = DEFAULT
             log.info("expired uploads removed", extra={"count": len(keys)})
         if len(ids) < batch:
             break
-    done, failed = deletions.retry_pending(session, storage, now=now)
+    # Batch after batch: every confirmed upload schedules one delete (its staging key, once the URL has
+    # expired), so a busy hour leaves far more due deletions than one batch.
+    done = failed = 0
+    while True:
+        batch_done, batch_failed = deletions.retry_pending(session, storage, now=now, limit=batch)
+        done, failed = done + batch_done, failed + batch_failed
+        if batch_done + batch_failed < batch:
+            break
     return ReapResult(expired_uploads_removed=removed, deletions_retried=done, deletions_failed=failed)
 
 
