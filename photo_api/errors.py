@@ -40,6 +40,12 @@ class NotFoundError(AppError):
     status, title = 404, "Not Found"
 
 
+class ClientTimeoutError(AppError):
+    """The client stopped sending its request body: its own problem, never a dependency's failure."""
+
+    status, title = 408, "Request Timeout"
+
+
 class ConflictError(AppError):
     status, title = 409, "Conflict"
 
@@ -54,6 +60,16 @@ class GoneError(AppError):
 
 class PayloadTooLargeError(AppError):
     status, title = 413, "Content Too Large"
+
+
+class TooManyRequestsError(AppError):
+    """The caller holds too much of something limited; `retry_after` (seconds) says when some of it frees up."""
+
+    status, title = 429, "Too Many Requests"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1):
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class UnsupportedMediaTypeError(AppError):

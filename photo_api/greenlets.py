@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -19,20 +21,71 @@ def is_green() -> bool:
     return bool(monkey.is_module_patched("socket"))
 
 
+class _Deadline:
+    """One gevent timeout whose clock can be stopped and restarted: only the time it runs counts."""
+
+    def __init__(self, seconds: float, exception: BaseException | None) -> None:
+        import gevent
+
+        self._gevent = gevent
+        self._remaining = seconds
+        self._exception = exception
+        self._timer: Any = None
+        self._started = 0.0
+
+    def start(self) -> None:
+        # A fresh gevent.Timeout each time: its loop timer cannot be re-armed with another duration.
+        self._timer = self._gevent.Timeout(max(self._remaining, 0.0), self._exception)
+        self._timer.start()
+        self._started = time.monotonic()
+
+    def stop(self) -> None:
+        self._timer.close()
+        self._remaining -= time.monotonic() - self._started
+
+
+# The deadlines running in the current greenlet, innermost last (greenlets each have their own context).
+_running: ContextVar[tuple[_Deadline, ...]] = ContextVar("photo_api_deadlines", default=())
+
+
 @contextlib.contextmanager
 def deadline(seconds: float, exception: BaseException | None = None) -> Iterator[None]:
     """Interrupt the block after `seconds` when running under gevent (raises gevent.Timeout or `exception`).
 
-    Outside gevent nothing can interrupt blocking I/O this way, so the block simply runs; callers keep
-    their own socket or server-side timeouts as the backstop.
+    Time the block spends inside `outside_deadlines()` does not count. Outside gevent nothing can
+    interrupt blocking I/O this way, so the block simply runs; callers keep their own socket or
+    server-side timeouts as the backstop.
     """
     if not is_green():
         yield
         return
-    import gevent
-
-    with gevent.Timeout(seconds, exception):
+    timer = _Deadline(seconds, exception)
+    token = _running.set((*_running.get(), timer))
+    timer.start()
+    try:
         yield
+    finally:
+        timer.stop()
+        _running.reset(token)
+
+
+@contextlib.contextmanager
+def outside_deadlines() -> Iterator[None]:
+    """Stop the clocks of the deadlines running in this greenlet for the block, and restart them after it.
+
+    For waits that are someone else's doing: reading a slow client's request body in the middle of a
+    storage upload must not use up the storage call's deadline (nor count against the dependency).
+    """
+    paused = _running.get()
+    for timer in paused:
+        timer.stop()
+    token = _running.set(())
+    try:
+        yield
+    finally:
+        _running.reset(token)
+        for timer in paused:
+            timer.start()
 
 
 def offload(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -39,6 +39,8 @@ MAX_FILENAME_LENGTH = 255
 MAX_EXTENSION_LENGTH = 16
 FALLBACK_FILENAME = "upload"
 TOKEN_BYTES = 16  # 128 random bits: object names can be neither guessed nor collide
+# Direct uploads land under this prefix until confirm copies them to their final key.
+STAGING_PREFIX = "staging/"
 
 _PATH_SEPARATORS = re.compile(r"[/\\]")
 # Bidirectional overrides let "x\u202egpj.exe" display as "xexe.jpg"; they have no place in a name.
@@ -166,6 +168,15 @@ def new_object_key(
     except KeyError:
         raise ValueError(f"not an allowed image type: {content_type!r}") from None
     return f"u/{owner_id}/{token()}{extension}"
+
+
+def new_staging_key(owner_id: int, content_type: str, token: Callable[[], str] = _random_token) -> str:
+    """A fresh key for the bytes of a direct upload: the only kind of key an upload URL is ever signed for.
+
+    Confirm copies the verified object to a new `new_object_key`, which no URL covers, so nothing a
+    client does with its upload URL afterwards can reach the bytes that are served.
+    """
+    return STAGING_PREFIX + new_object_key(owner_id, content_type, token)
 
 
 def _shorten(name: str) -> str:

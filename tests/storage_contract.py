@@ -18,6 +18,7 @@ import pytest
 
 from photo_api.storage import (
     CHUNK_SIZE,
+    ObjectChangedError,
     ObjectNotFoundError,
     ObjectReader,
     ObjectTooLargeError,
@@ -268,6 +269,43 @@ class StorageContract:
         reader = storage.open(key)
         reader.close()
         reader.close()
+
+    def test_copy_makes_an_independent_object(self, storage: Storage, key: str) -> None:
+        data = secrets.token_bytes(2 * CHUNK_SIZE + 5)
+        storage.put(key, io.BytesIO(data), content_type="text/html")
+        copy = storage.copy(key, key + ".copy", content_type="image/png")
+        assert (copy.key, copy.size, copy.etag, copy.content_type) == (
+            key + ".copy",
+            len(data),
+            hashlib.md5(data).hexdigest(),
+            "image/png",
+        )
+        head = storage.head(key + ".copy")
+        assert (head.size, head.etag, head.content_type) == (copy.size, copy.etag, "image/png")
+        # Later writes to the source, or its deletion, leave the copy as it was.
+        storage.put(key, io.BytesIO(b"replaced"), content_type="text/html")
+        assert read_all(storage.open(key + ".copy")) == data
+        storage.delete(key)
+        assert read_all(storage.open(key + ".copy")) == data
+
+    def test_copy_if_match_copies_only_the_named_version(self, storage: Storage, key: str) -> None:
+        storage.put(key, io.BytesIO(b"verified bytes"), content_type="image/png")
+        verified = hashlib.md5(b"verified bytes").hexdigest()
+        assert storage.copy(key, key + ".a", content_type="image/png", if_match=verified).etag == verified
+        storage.put(key, io.BytesIO(b"replaced after the check"), content_type="image/png")
+        with pytest.raises(ObjectChangedError):
+            storage.copy(key, key + ".b", content_type="image/png", if_match=verified)
+        with pytest.raises(ObjectNotFoundError):
+            storage.head(key + ".b")
+        assert read_all(storage.open(key + ".a")) == b"verified bytes"
+
+    def test_copy_of_a_missing_object(self, storage: Storage, key: str) -> None:
+        with pytest.raises(ObjectNotFoundError):
+            storage.copy(key, key + ".copy", content_type="image/png")
+        with pytest.raises(ObjectNotFoundError):
+            storage.copy(key, key + ".copy", content_type="image/png", if_match=EMPTY_MD5)
+        with pytest.raises(ObjectNotFoundError):
+            storage.head(key + ".copy")
 
     def test_presign_upload_shape(self, storage: Storage, key: str) -> None:
         before = int(time.time())

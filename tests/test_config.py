@@ -195,6 +195,24 @@ BAD_ENVIRONMENTS = [
         "db_statement_timeout_ms",
         id="graceful-below-statement-timeout",
     ),
+    pytest.param(
+        {"CLIENT_BODY_TIMEOUT": "20", "GRACEFUL_TIMEOUT": "10", "DB_STATEMENT_TIMEOUT_MS": "10000"},
+        "CLIENT_BODY_TIMEOUT",
+        "graceful_timeout",
+        id="client-body-timeout-beyond-graceful",
+    ),
+    pytest.param(
+        {"MAX_UPLOAD_BYTES": "1000000", "MAX_PENDING_UPLOAD_BYTES_PER_USER": "999999"},
+        "MAX_PENDING_UPLOAD_BYTES_PER_USER",
+        "max_upload_bytes",
+        id="pending-bytes-below-one-upload",
+    ),
+    pytest.param(
+        {"MAX_PENDING_UPLOADS_PER_USER": "0"}, "MAX_PENDING_UPLOADS_PER_USER", "greater than", id="pending-uploads-0"
+    ),
+    pytest.param({"CLIENT_BODY_TIMEOUT": "0"}, "CLIENT_BODY_TIMEOUT", "greater than 0", id="client-body-timeout-0"),
+    # Object storage (Swift's client_timeout, 60 s) would drop a PUT that waits that long on a client.
+    pytest.param({"CLIENT_BODY_TIMEOUT": "60"}, "CLIENT_BODY_TIMEOUT", "55", id="client-body-timeout-60"),
     pytest.param({"KEEPALIVE": "60", "LB_IDLE_TIMEOUT": "60"}, "KEEPALIVE", "lb_idle_timeout", id="keepalive-eq-lb"),
     pytest.param({"KEEPALIVE": "30", "LB_IDLE_TIMEOUT": "60"}, "KEEPALIVE", "lb_idle_timeout", id="keepalive-below-lb"),
     pytest.param(without(PRODUCTION, "PUBLIC_BASE_URL"), "PUBLIC_BASE_URL", "required", id="prod-no-public-base-url"),

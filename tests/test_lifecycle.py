@@ -227,6 +227,7 @@ def test_production_drain_must_cover_the_load_balancer() -> None:
             "HEALTH_CHECK_TIMEOUT": "0.5",
             "GRACEFUL_TIMEOUT": "3",
             "DB_STATEMENT_TIMEOUT_MS": "3000",
+            "CLIENT_BODY_TIMEOUT": "3",
         }
     )
     assert (settings.drain_delay_seconds, settings.graceful_timeout) == (2, 3)

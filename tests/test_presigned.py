@@ -56,6 +56,8 @@ GIF = (
 
 # Plain text of exactly PNG's size, so only its type is wrong.
 TEXT = b"just some text, not an image".ljust(len(PNG), b".")
+# What an attacker would like a confirmed photo to serve instead of its verified bytes.
+HTML = b"<html><body><script>document.title = 'stored content'</script></body></html>" * 25
 
 
 class Clock:
@@ -159,7 +161,7 @@ def test_presign_put_confirm_stores_the_bytes_and_makes_the_photo_ready(
     assert body["upload_headers"] == {"Content-Type": "image/png"}
     assert body["expires_in"] == settings.upload_url_expire_seconds
     # LocalStorage signs a path on this service; the client gets an absolute URL built from the request.
-    assert body["upload_url"].startswith("http://localhost/uploads/u/")
+    assert body["upload_url"].startswith("http://localhost/uploads/staging/u/")
     assert set(parse_qs(urlsplit(body["upload_url"]).query)) == {"expires", "signature"}
 
     pending = photo_row(app, body["photo_id"])
@@ -197,17 +199,34 @@ def test_presign_put_confirm_stores_the_bytes_and_makes_the_photo_ready(
     assert stored_bytes(app, ready.filename) == PNG
 
 
+def assert_serves(client: FlaskClient, user: dict[str, Any], photo_id: int, data: bytes, content_type: str) -> None:
+    """GET /photos/{id}/image answers exactly `data` as `content_type`, with its size and MD5 ETag."""
+    r = client.get(f"/photos/{photo_id}/image", headers=user["headers"])
+    assert r.status_code == 200
+    assert r.data == data
+    assert r.headers["Content-Type"] == content_type
+    assert r.headers["Content-Length"] == str(len(data))
+    assert r.headers["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+
+
 def test_confirmed_photo_cannot_be_overwritten_through_its_still_valid_url(
     app: Flask, client: FlaskClient, users: Users
 ) -> None:
     user = users.create()
     body = upload_photo(client, user)
-    assert confirm(client, user, body["photo_id"]).status_code == 200
-    r = put(client, body["upload_url"], GIF)
+    r = confirm(client, user, body["photo_id"])
+    assert r.status_code == 200
+    # The URL named a staging key; the photo is served from a key of its own that no URL covers.
+    staged = _signed_parts(body["upload_url"])[0]
+    assert staged.startswith(f"staging/u/{user['id']}/")
+    assert r.get_json()["filename"].startswith(f"u/{user['id']}/")
+    r = put(client, body["upload_url"], HTML)
     assert r.status_code == 404
     row = photo_row(app, body["photo_id"])
     assert row is not None
     assert stored_bytes(app, row.filename) == PNG
+    assert stored_files(app) == [row.filename]  # the staged object is gone
+    assert_serves(client, user, body["photo_id"], PNG, "image/png")
 
 
 class StreamWithSideEffect(io.BytesIO):
@@ -262,15 +281,21 @@ def test_upload_finishing_after_confirm_is_a_conflict(app: Flask, client: FlaskC
                 max_upload_bytes=runtime.limits.max_upload_bytes,
             )
 
+    # A second PUT through the same URL is in flight when confirm runs, and lands after it returned.
     r = client.put(
         upload_target(body["upload_url"]),
-        input_stream=StreamWithSideEffect(GIF, confirm_runs),
-        content_length=len(GIF),
+        input_stream=StreamWithSideEffect(HTML, confirm_runs),
+        content_length=len(HTML),
     )
     assert r.status_code == 409
     row = photo_row(app, body["photo_id"])
     assert row is not None and row.status == PhotoStatus.READY
     assert row.checksum == hashlib.md5(PNG).hexdigest()  # the row still names the bytes that were verified
+    assert row.file_size == len(PNG)
+    # ...and so does what is stored and served: the late bytes landed on the staging key and were removed.
+    assert stored_bytes(app, row.filename) == PNG
+    assert stored_files(app) == [row.filename]
+    assert_serves(client, user, body["photo_id"], PNG, "image/png")
 
 
 def test_upload_url_uses_public_base_url_when_set(make_client: Callable[..., tuple[Flask, FlaskClient]]) -> None:
@@ -278,7 +303,7 @@ def test_upload_url_uses_public_base_url_when_set(make_client: Callable[..., tup
     user = Users(client).create()
     r = presign(client, user)
     assert r.status_code == 201
-    assert r.get_json()["upload_url"].startswith("https://photos.example.com/uploads/u/")
+    assert r.get_json()["upload_url"].startswith("https://photos.example.com/uploads/staging/u/")
 
 
 def test_upload_url_follows_trusted_proxies_only(make_client: Callable[..., tuple[Flask, FlaskClient]]) -> None:
@@ -292,7 +317,10 @@ def test_upload_url_follows_trusted_proxies_only(make_client: Callable[..., tupl
             headers={**user["headers"], **forwarded},
         )
         assert r.status_code == 201, r.get_json()
-        assert r.get_json()["upload_url"].startswith(f"{base}/uploads/u/"), (trusted, r.get_json()["upload_url"])
+        assert r.get_json()["upload_url"].startswith(f"{base}/uploads/staging/u/"), (
+            trusted,
+            r.get_json()["upload_url"],
+        )
 
 
 def test_pending_photo_cannot_be_confirmed_by_another_user(app: Flask, client: FlaskClient, users: Users) -> None:
@@ -333,6 +361,9 @@ def test_concurrent_confirms_both_answer_the_ready_photo(app: Flask, client: Fla
         t.join()
     assert [r.status_code for r in results] == [200, 200], [r.get_json() for r in results]
     assert results[0].get_json() == results[1].get_json()
+    # Each confirm copied to a key of its own; the loser's copy and the staged object are gone.
+    assert stored_files(app) == [results[0].get_json()["filename"]]
+    assert_serves(client, user, body["photo_id"], PNG, "image/png")
 
 
 def test_expired_upload_url_is_refused_and_nothing_is_stored(
@@ -522,11 +553,82 @@ def test_presign_and_confirm_need_a_token(client: FlaskClient) -> None:
 def test_upload_routes_are_documented(client: FlaskClient) -> None:
     paths = client.get("/openapi.json").get_json()["paths"]
     presign_op = paths["/photos/presigned-url"]["post"]
-    assert {"201", "401", "404", "422"} <= set(presign_op["responses"])
+    assert {"201", "401", "404", "422", "429"} <= set(presign_op["responses"])
+    assert "Retry-After" in presign_op["responses"]["429"]["headers"]
     confirm_op = paths["/photos/confirm"]["post"]
-    assert {"200", "404", "410", "422"} <= set(confirm_op["responses"])
+    assert {"200", "404", "409", "410", "422"} <= set(confirm_op["responses"])
     put_op = paths["/uploads/{key}"]["put"]
     assert put_op["requestBody"]["content"]["application/octet-stream"]["schema"]["format"] == "binary"
     assert "security" not in put_op  # the signature is the credential
-    assert {"201", "401", "404", "410", "413"} <= set(put_op["responses"])
+    assert {"201", "401", "404", "408", "410", "413"} <= set(put_op["responses"])
     assert "ETag" in put_op["responses"]["201"]["headers"]
+
+
+def test_pending_uploads_per_user_are_capped_with_429_until_one_is_confirmed_or_expires(
+    make_client: Callable[..., tuple[Flask, FlaskClient]],
+) -> None:
+    app, client = make_client(max_pending_uploads_per_user=3, upload_url_expire_seconds=600)
+    users = Users(client)
+    owner, other = users.create(), users.create()
+    bodies = [upload_photo(client, owner) for _ in range(3)]
+    # The first reservation expires soonest: its expiry is when room frees up without a confirm.
+    with rt(app).db.session() as session:
+        session.execute(
+            update(Photo)
+            .where(Photo.id == bodies[0]["photo_id"])
+            .values(upload_expires_at=utcnow() + timedelta(seconds=100))
+        )
+        session.commit()
+
+    r = presign(client, owner)
+    assert r.status_code == 429
+    assert r.mimetype == PROBLEM
+    assert "MAX_PENDING_UPLOADS_PER_USER" in r.get_json()["detail"]
+    assert 95 <= int(r.headers["Retry-After"]) <= 100
+    with rt(app).db.session() as session:
+        assert len(session.scalars(select(Photo.id).where(Photo.owner_id == owner["id"])).all()) == 3
+    assert presign(client, other).status_code == 201  # per user
+
+    assert confirm(client, owner, bodies[1]["photo_id"]).status_code == 200  # a confirmed one no longer counts
+    assert presign(client, owner).status_code == 201
+    assert presign(client, owner).status_code == 429
+    expire_upload_window(app, bodies[2]["photo_id"])  # nor does one whose window has closed, reaped or not
+    assert presign(client, owner).status_code == 201
+
+
+def test_pending_upload_bytes_per_user_are_capped(make_client: Callable[..., tuple[Flask, FlaskClient]]) -> None:
+    _app, client = make_client(max_upload_bytes=1000, max_pending_upload_bytes_per_user=2500)
+    owner = Users(client).create()
+    assert [presign(client, owner, file_size=1000).status_code for _ in range(2)] == [201, 201]
+    r = presign(client, owner, file_size=1000)
+    assert r.status_code == 429
+    assert "MAX_PENDING_UPLOAD_BYTES_PER_USER" in r.get_json()["detail"]
+    assert 1 <= int(r.headers["Retry-After"]) <= 3600
+    assert presign(client, owner, file_size=500).status_code == 201  # exactly the limit
+    assert presign(client, owner, file_size=1).status_code == 429
+
+
+def test_concurrent_presigns_never_pass_the_pending_limit(
+    make_client: Callable[..., tuple[Flask, FlaskClient]], settings: Settings
+) -> None:
+    if settings.is_sqlite:
+        pytest.skip("several workers share one PostgreSQL; SQLite is single-host development only")
+    limit, attempts = 3, 12
+    app, client = make_client(max_pending_uploads_per_user=limit)
+    owner = Users(client).create()
+    barrier = threading.Barrier(attempts)
+    statuses: list[int] = []
+
+    def presign_in_thread() -> None:
+        own_client = app.test_client()
+        barrier.wait()
+        statuses.append(presign(own_client, owner).status_code)
+
+    threads = [threading.Thread(target=presign_in_thread) for _ in range(attempts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [201] * limit + [429] * (attempts - limit)
+    with rt(app).db.session() as session:
+        assert len(session.scalars(select(Photo.id).where(Photo.owner_id == owner["id"])).all()) == limit

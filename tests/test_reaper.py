@@ -23,7 +23,16 @@ from photo_api.services.uploads import ReapResult
 from tests.harness.env import TEST_SECRET
 from tests.harness.server import clean_environment, console_script
 from tests.harness.users import Users
-from tests.test_presigned import PNG, confirm, expire_upload_window, presign, rt, stored_bytes, upload_photo
+from tests.test_presigned import (
+    PNG,
+    confirm,
+    expire_upload_window,
+    photo_row,
+    presign,
+    rt,
+    stored_bytes,
+    upload_photo,
+)
 
 CLI_TIMEOUT_S = 60
 
@@ -78,10 +87,36 @@ def test_reaper_removes_expired_pending_photos_and_their_objects_only(
     assert photo_ids(app) == [fresh["photo_id"], ready["photo_id"]]
     assert stored_bytes(app, pending_key(expired_uploaded)) is None
     assert stored_bytes(app, pending_key(fresh)) == PNG
-    assert stored_bytes(app, pending_key(ready)) == PNG
+    ready_row = photo_row(app, ready["photo_id"])
+    assert ready_row is not None
+    assert stored_bytes(app, ready_row.filename) == PNG  # confirm copied it from the staging key
     assert confirm(client, user, expired_uploaded["photo_id"]).status_code == 404
     assert confirm(client, user, fresh["photo_id"]).status_code == 200
     assert reap(app) == ReapResult(0, 0, 0)
+
+
+def test_staging_key_written_after_confirm_is_removed_once_its_url_has_expired(
+    app: Flask, client: FlaskClient, users: Users
+) -> None:
+    user = users.create()
+    body = upload_photo(client, user)
+    staged = pending_key(body)
+    pending = photo_row(app, body["photo_id"])
+    assert pending is not None and pending.upload_expires_at is not None
+    window_end = pending.upload_expires_at
+    assert confirm(client, user, body["photo_id"]).status_code == 200
+    assert stored_bytes(app, staged) is None  # deleted at confirm
+    # A Swift TempURL cannot be revoked: until it expires a client may still PUT to the staging key.
+    rt(app).storage.put(staged, io.BytesIO(b"late"), content_type="image/png")
+    runtime = rt(app)
+    with runtime.db.session() as session:
+        early = uploads.reap(session, runtime.storage, now=window_end - timedelta(seconds=1))
+        late = uploads.reap(session, runtime.storage, now=window_end + timedelta(seconds=1))
+    assert (early.deletions_retried, late.deletions_retried) == (0, 1)
+    assert stored_bytes(app, staged) is None
+    row = photo_row(app, body["photo_id"])
+    assert row is not None
+    assert stored_bytes(app, row.filename) == PNG
 
 
 def test_reaper_works_in_batches(app: Flask, client: FlaskClient, users: Users) -> None:
@@ -107,6 +142,15 @@ def test_reaper_retries_recorded_deletions(app: Flask) -> None:
         assert [(row.object_key, row.attempts) for row in left] == [("u/9/.not-a-valid-key", 1)]
         assert left[0].next_attempt_at > utcnow()  # backed off, not retried again at once
     assert reap(app) == ReapResult(0, 0, 0)
+
+
+def test_reaper_retries_recorded_deletions_batch_after_batch(app: Flask) -> None:
+    # Every confirmed upload schedules a delete: one run must get through more than one batch of them.
+    for i in range(5):
+        record_deletion(app, f"staging/u/9/{i}.png")
+    assert reap(app, batch=2) == ReapResult(expired_uploads_removed=0, deletions_retried=5, deletions_failed=0)
+    with rt(app).db.session() as session:
+        assert session.scalars(select(PendingObjectDeletion)).all() == []
 
 
 def test_concurrent_reapers_remove_each_expired_upload_exactly_once(

@@ -16,6 +16,7 @@ from photo_api.config import load_settings
 from photo_api.resilience import (
     Bulkhead,
     BulkheadFullError,
+    CallerSideError,
     DependencyUnavailableError,
     Policies,
     Policy,
@@ -244,6 +245,60 @@ def test_deadline_under_gevent_cuts_a_hung_call_and_counts_as_failure() -> None:
     assert state == "open", "a gevent.Timeout must count as a failure, not reset the breaker"
 
 
+# What a loaded 2-CPU machine may add to a gevent timer.
+TIMER_SLACK_S = 0.3
+
+
+def test_time_outside_deadlines_does_not_count_under_gevent() -> None:
+    # Waiting for a client's body inside a storage call: only the call's own time uses up its deadline.
+    script = textwrap.dedent(
+        """
+        from gevent import monkey; monkey.patch_all()
+        import time, gevent
+        from photo_api.greenlets import deadline, outside_deadlines
+
+        def run(before, outside, after):
+            started = time.monotonic()
+            try:
+                with deadline(0.5):
+                    time.sleep(before)
+                    with outside_deadlines():
+                        time.sleep(outside)
+                    time.sleep(after)
+            except gevent.Timeout:
+                return f"timeout@{time.monotonic() - started:.1f}"
+            return "done"
+
+        def inner_deadline():
+            try:
+                with deadline(5), outside_deadlines(), deadline(0.2, ValueError("client")):
+                    time.sleep(1)
+            except ValueError as exc:
+                return str(exc)
+
+        def others_keep_theirs():
+            def paused():
+                with deadline(0.3), outside_deadlines():
+                    time.sleep(1)
+            other = gevent.spawn(paused)
+            result = run(0, 0, 1)  # this greenlet's deadline runs while the other's is paused
+            other.join()
+            return result
+
+        print(run(0.2, 1.0, 0.2), run(0.3, 1.0, 0.3), run(0, 0, 0.7), inner_deadline(), others_keep_theirs())
+        """
+    )
+    out = subprocess.run(python_child(script), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    fits, paused_late, plain, inner, other = out.stdout.split()
+    # 0.4 s of own time fits 0.5 s although 1.4 s passed; with 0.3 s before and after a 1 s pause, the
+    # deadline fires 0.2 s after it (at 1.5 s); unpaused it fires at 0.5 s.
+    assert (fits, inner) == ("done", "client")
+    for result, expected in ((paused_late, 1.5), (plain, 0.5), (other, 0.5)):
+        kind, _, seconds = result.partition("@")
+        assert kind == "timeout" and expected <= float(seconds) < expected + TIMER_SLACK_S, result
+
+
 @pytest.mark.parametrize("service", ["storage", "cdn", "log"])
 def test_per_service_overrides_replace_the_global_values(service: str) -> None:
     settings = load_settings(
@@ -309,6 +364,31 @@ def test_a_killed_caller_neither_counts_nor_resets() -> None:
     with pytest.raises(DependencyUnavailableError):
         r.call(Flaky(1))
     assert r.state == "open"  # the third real failure still opens it
+
+
+def test_a_caller_side_error_neither_counts_nor_resets() -> None:
+    # The caller's upload source stalled or failed mid-call: nothing is known about the dependency.
+    r, events, clock = make(max_tries=1, failure_threshold=3, recovery_timeout=10)
+    for _ in range(2):
+        with pytest.raises(DependencyUnavailableError):
+            r.call(Flaky(1))
+    stalled = Flaky(1, CallerSideError("the client stopped sending"))
+    with pytest.raises(CallerSideError):
+        r.call(stalled)
+    assert stalled.calls == 1, "not retried"
+    assert (r.breaker.failure_count, r.state) == (2, "closed")
+    with pytest.raises(DependencyUnavailableError):
+        r.call(Flaky(1))
+    assert r.state == "open", "the third real failure opens it: the caller's error did not reset the count"
+
+    # A trial that ends with the caller's error leaves the circuit half-open for the next trial.
+    clock.now += 11
+    with pytest.raises(CallerSideError):
+        r.call(Flaky(1, CallerSideError("stalled again")))
+    assert r.state == "half_open"
+    assert r.call(Flaky(0)) == "ok"
+    assert r.state == "closed"
+    assert events.states == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
 
 def test_open_circuit_follows_the_injected_clock() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from flask import Response, g, request
 from pydantic import BaseModel, ValidationError
@@ -13,12 +13,14 @@ from sqlalchemy.orm import Session
 
 from ..errors import (
     BadRequestError,
+    ClientTimeoutError,
     FieldError,
     ForbiddenError,
     PayloadTooLargeError,
     UnauthorizedError,
     ValidationFailedError,
 )
+from ..greenlets import deadline
 from ..models import User
 from ..security import InvalidTokenError
 from ..services import users
@@ -70,6 +72,32 @@ def json_body(model: type[M]) -> M:
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise ValidationFailedError(validation_errors(exc)) from None
+
+
+class ClientBody:
+    """A request body stream whose every read must get data from the client within `timeout` seconds.
+
+    A client that stops sending is its own problem: the read raises ClientTimeoutError (408), which the
+    storage layer passes through without counting against the dependency, instead of leaving the request
+    (and whatever storage write it feeds) waiting until a storage deadline, or forever.
+    """
+
+    def __init__(self, stream: IO[bytes], timeout: float) -> None:
+        self._stream = stream
+        self._timeout = timeout
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to `size` bytes of the body (all of the rest for a negative size); b"" at its end."""
+        # An Exception, not gevent's Timeout: gunicorn then marks the body as failed and closes the
+        # connection after the 408 instead of waiting to drain what the client never sends.
+        stalled = ClientTimeoutError(f"The client sent nothing for {self._timeout:g} seconds")
+        with deadline(self._timeout, stalled):
+            return self._stream.read(size)
+
+
+def client_body() -> ClientBody:
+    """This request's body stream (within its size limit), each read bounded by CLIENT_BODY_TIMEOUT."""
+    return ClientBody(request.stream, current_limits().client_body_timeout)
 
 
 def query_args(model: type[M]) -> M:

@@ -25,7 +25,10 @@ class Limits:
     """The request-facing numbers of the settings, fixed at boot."""
 
     max_upload_bytes: int
+    client_body_timeout: float  # the longest one read of an upload body waits for the client (then 408)
     upload_url_expire_seconds: int
+    max_pending_uploads_per_user: int  # presigned, unconfirmed uploads one user may hold at once
+    max_pending_upload_bytes_per_user: int  # their declared sizes together
     image_token_seconds: int  # an owner's CDN image URL
     share_image_token_seconds: int  # a share link's CDN image URL
     public_base_url: str | None  # absolute URLs we hand out (share links, local upload URLs); None: the request's

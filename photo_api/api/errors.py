@@ -10,7 +10,14 @@ from flask import Flask, Response, g
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from ..errors import AppError, ConflictError, RangeNotSatisfiableError, ServiceUnavailableError, ValidationFailedError
+from ..errors import (
+    AppError,
+    ConflictError,
+    RangeNotSatisfiableError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+    ValidationFailedError,
+)
 from ..storage import StorageUnavailableError
 from .context import current_limits
 
@@ -40,7 +47,7 @@ def _app_error(exc: AppError) -> Response:
     extra: dict[str, Any] = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, ServiceUnavailableError):
+    if isinstance(exc, ServiceUnavailableError | TooManyRequestsError):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, RangeNotSatisfiableError):
         headers["Content-Range"] = f"bytes */{exc.size}"

@@ -9,7 +9,7 @@ whole: `Part.read(n)` pulls it from the stream as the consumer asks. A malformed
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO
+from typing import Protocol
 
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
@@ -29,6 +29,12 @@ MAX_BUFFER_BYTES = 4 * CHUNK_SIZE
 MALFORMED = "Malformed multipart body"
 
 
+class ByteSource(Protocol):
+    """What the body stream must offer: `read(n)`, returning b"" at its end."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def form_boundary(content_type: str | None) -> bytes:
     """The boundary of a multipart/form-data body from its Content-Type header; BadRequestError (400) otherwise."""
     mimetype, params = parse_options_header(content_type)
@@ -43,7 +49,7 @@ def form_boundary(content_type: str | None) -> bytes:
 class _Events:
     """Decoder events pulled off the stream, which is read a chunk at a time as they are needed."""
 
-    def __init__(self, stream: IO[bytes], boundary: bytes, *, max_parts: int, max_buffer_bytes: int, chunk_size: int):
+    def __init__(self, stream: ByteSource, boundary: bytes, *, max_parts: int, max_buffer_bytes: int, chunk_size: int):
         self._stream = stream
         self._chunk_size = chunk_size
         self._decoder = MultipartDecoder(boundary, max_buffer_bytes, max_parts=max_parts)
@@ -125,7 +131,7 @@ class Part:
 
 
 def iter_parts(
-    stream: IO[bytes],
+    stream: ByteSource,
     boundary: bytes,
     *,
     max_parts: int,

@@ -36,12 +36,14 @@ _STATUS_TEXT = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    408: "Request Timeout",
     409: "Conflict",
     410: "Gone",
     413: "Content Too Large",
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     503: "Service Unavailable",
 }
 # Every route can answer these; documented once per operation.
@@ -148,8 +150,9 @@ def _operation(components: _Components, meta: dict[str, Any], params: list[dict[
                 "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
             },
         )
-    if "503" in responses:
-        responses["503"]["headers"]["Retry-After"] = {"schema": {"type": "integer"}}
+    for code in ("429", "503"):
+        if code in responses:
+            responses[code]["headers"]["Retry-After"] = {"schema": {"type": "integer"}}
     op["responses"] = responses
     return op
 

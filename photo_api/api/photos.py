@@ -15,7 +15,7 @@ from ..models import MAX_ID
 from ..services import photos
 from ..services.fields import Description, Title
 from . import multipart
-from .common import auth_required, current_user, db_session, json_body, query_args, respond
+from .common import auth_required, client_body, current_user, db_session, json_body, query_args, respond
 from .context import current_limits, current_storage
 from .delivery import deliver_image
 from .openapi import doc
@@ -37,7 +37,8 @@ UPLOAD_DESCRIPTION = (
     "at once when its Content-Length says so, else as soon as the file passes the limit. Fields may "
     "come before or after the file; an empty text field counts as absent (HTML forms send every "
     "input), a field given twice is 422, unknown fields are ignored. `album_id` must be one of your "
-    "albums (404 otherwise); the photo is then added to it."
+    "albums (404 otherwise); the photo is then added to it. 408 when the client sends nothing for "
+    "CLIENT_BODY_TIMEOUT seconds in the middle of the body (nothing is stored)."
 )
 UPLOAD_BODY: dict[str, Any] = {
     "required": True,
@@ -74,7 +75,7 @@ class PhotoUpdateIn(BaseModel):
     tag="photos",
     body=UPLOAD_BODY,
     responses={201: PhotoOut},
-    errors=(400, 404, 413, 415, 422),
+    errors=(400, 404, 408, 413, 415, 422),
     description=UPLOAD_DESCRIPTION,
 )
 @auth_required
@@ -100,7 +101,7 @@ def _upload_parts(max_upload_bytes: int) -> Iterator[multipart.Part]:
         raise PayloadTooLargeError(f"The upload is larger than the limit of {max_upload_bytes} bytes")
     # The app-wide limit is the small JSON one; werkzeug enforces this one while the stream is read.
     request.max_content_length = limit
-    return multipart.iter_parts(request.stream, boundary, max_parts=MAX_PARTS)
+    return multipart.iter_parts(client_body(), boundary, max_parts=MAX_PARTS)
 
 
 @bp.get("")

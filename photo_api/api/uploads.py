@@ -13,7 +13,7 @@ from ..images import ALLOWED_IMAGE_TYPES
 from ..models import MAX_ID
 from ..services import uploads
 from ..services.fields import Description, Title
-from .common import auth_required, current_user, db_session, json_body, public_base_url, respond
+from .common import auth_required, client_body, current_user, db_session, json_body, public_base_url, respond
 from .context import current_limits, current_storage
 from .openapi import doc
 from .schemas import PhotoOut, Request
@@ -68,13 +68,15 @@ class UploadVerifier(Protocol):
     tag="photos",
     body=PresignIn,
     responses={201: PresignOut},
-    errors=(404,),
+    errors=(404, 429),
     description=(
         "The photo stays pending (not listed, not in album listings) until `POST /photos/confirm`. "
         "Send the file with `upload_method` to `upload_url` with `upload_headers` before `expires_in` "
         "seconds have passed; an unconfirmed upload is removed after that by the reaper. "
         "422 for a type other than JPEG, PNG, WebP or GIF, or a size above MAX_UPLOAD_BYTES; "
-        "404 when `album_id` is not one of the caller's albums."
+        "404 when `album_id` is not one of the caller's albums; 429 with `Retry-After` when the caller "
+        "already has MAX_PENDING_UPLOADS_PER_USER uploads pending, or their declared sizes plus this one "
+        "would pass MAX_PENDING_UPLOAD_BYTES_PER_USER (confirm them, or wait until they expire)."
     ),
 )
 @auth_required
@@ -90,6 +92,8 @@ def presign() -> Response:
         file_size=data.file_size,
         max_upload_bytes=limits.max_upload_bytes,
         expires_in=limits.upload_url_expire_seconds,
+        max_pending_uploads=limits.max_pending_uploads_per_user,
+        max_pending_bytes=limits.max_pending_upload_bytes_per_user,
         album_id=data.album_id,
         title=data.title,
         description=data.description,
@@ -109,13 +113,16 @@ def presign() -> Response:
     tag="photos",
     body=ConfirmIn,
     responses={200: PhotoOut},
-    errors=(404, 410),
+    errors=(404, 409, 410),
     description=(
         "Idempotent: confirming a ready photo answers it again. The stored file must exist, have the "
         "declared size (at most MAX_UPLOAD_BYTES) and be an image of the declared type, judged by its bytes. "
         "422 when it does not: `errors` names `file_size` and/or `content_type`, and the photo and its file "
         "are removed. 422 naming `photo_id` when nothing was uploaded yet: the photo stays pending and the "
-        "client may still upload within the window. 410 when nothing was uploaded and the window has closed."
+        "client may still upload within the window. 410 when nothing was uploaded and the window has closed. "
+        "The checked bytes are copied to the photo's own object, which the upload URL does not reach: "
+        "nothing sent to the URL afterwards changes the photo. 409 when the file was replaced while "
+        "confirm ran: the photo stays pending; confirm again."
     ),
 )
 @auth_required
@@ -141,13 +148,14 @@ def confirm() -> Response:
     responses={
         201: {"headers": {"ETag": {"description": "quoted MD5 of the stored bytes", "schema": {"type": "string"}}}}
     },
-    errors=(401, 404, 409, 410, 413),
+    errors=(401, 404, 408, 409, 410, 413),
     description=(
         "The URL comes from `POST /photos/presigned-url` and needs no bearer token. Like a Swift TempURL: "
         "401 for a missing, tampered or expired signature; 201 with an empty body and the ETag. The bytes are "
         "stored with the declared content type and only checked at confirm. 404 when the photo is no longer "
         "pending, 410 when its window has closed (or the photo was removed while the bytes arrived), "
-        "409 when the photo was confirmed while they arrived, 413 beyond MAX_UPLOAD_BYTES."
+        "409 when the photo was confirmed while they arrived, 413 beyond MAX_UPLOAD_BYTES, 408 when the client "
+        "sends nothing for CLIENT_BODY_TIMEOUT seconds in the middle of the body (nothing is stored)."
     ),
 )
 def receive_upload(key: str) -> Response:
@@ -161,7 +169,7 @@ def receive_upload(key: str) -> Response:
     # which storage makes after exactly MAX_UPLOAD_BYTES to see whether more follows: storage decides.
     request.max_content_length = max_bytes + 1
     obj = uploads.receive_upload(
-        db_session(), storage, key=key, stream=cast(BinaryIO, request.stream), max_bytes=max_bytes
+        db_session(), storage, key=key, stream=cast(BinaryIO, client_body()), max_bytes=max_bytes
     )
     return Response(status=201, headers={"ETag": f'"{obj.etag}"'})
 

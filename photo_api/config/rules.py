@@ -184,6 +184,24 @@ def _rule_graceful(s: Settings) -> Iterable[ConfigProblem]:
         )
 
 
+def _rule_client_body(s: Settings) -> Iterable[ConfigProblem]:
+    # A request waiting on a silent client when the instance stops then gets its 408 within the graceful
+    # stop, instead of being cut off with the worker.
+    if s.client_body_timeout > s.graceful_timeout:
+        yield problem(
+            "client_body_timeout", f"must not exceed the graceful stop (GRACEFUL_TIMEOUT={s.graceful_timeout:g}s)"
+        )
+
+
+def _rule_pending_bytes(s: Settings) -> Iterable[ConfigProblem]:
+    if s.max_pending_upload_bytes_per_user < s.max_upload_bytes:
+        yield problem(
+            "max_pending_upload_bytes_per_user",
+            f"must be at least MAX_UPLOAD_BYTES ({s.max_upload_bytes}), or a file of the largest size can "
+            "never be presigned",
+        )
+
+
 def _rule_drain(s: Settings) -> Iterable[ConfigProblem]:
     # While draining, the probe answers 503 at once; the LB needs `threshold` failed probes, one per
     # interval, to stop routing, plus one probe timeout of margin for a probe already under way and for
@@ -275,6 +293,8 @@ RULES: list[Rule] = [
     ((), _rule_log_shipping),
     (("health_check_timeout", "lb_health_check_timeout"), _rule_health_timeout),
     (("graceful_timeout", "db_statement_timeout_ms"), _rule_graceful),
+    (("client_body_timeout", "graceful_timeout"), _rule_client_body),
+    (("max_pending_upload_bytes_per_user", "max_upload_bytes"), _rule_pending_bytes),
     (("keepalive", "lb_idle_timeout"), _rule_keepalive),
     (
         (

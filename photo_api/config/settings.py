@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     nhn_storage_container: str | None = None
     nhn_storage_temp_url_key: SecretStr | None = None
     upload_url_expire_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # What one user may hold pending (presigned, not yet confirmed) at once, so that one account cannot
+    # keep hundreds of maximum-size reservations open: a phone app presigning a batch of 200 photos of
+    # 10 MB stays within both.
+    max_pending_uploads_per_user: int = Field(default=200, ge=1, le=100_000)
+    max_pending_upload_bytes_per_user: int = Field(default=2 * 1024**3, ge=1, le=1024**4)
     # Bulkhead: concurrent storage calls per worker, and how long a call waits for a free slot before
     # failing with 503, so a slow storage cannot hold every greenlet of the worker.
     storage_max_concurrency: int = Field(default=20, ge=1, le=10_000)
@@ -188,6 +193,10 @@ class Settings(BaseSettings):
     cdn_timeout: float = Field(default=5, gt=0, le=120)
     log_service_timeout: float = Field(default=10, gt=0, le=300)
     health_check_timeout: float = Field(default=2, gt=0, le=60)
+    # The longest a read of an upload's request body may wait for the client's next bytes (then 408). Kept
+    # well below object storage's own idle limit (Swift's client_timeout: 60 s), which a PUT waiting on a
+    # silent client would otherwise hit and have counted against storage.
+    client_body_timeout: float = Field(default=20, gt=0, le=55)
     # How long one worker reuses its last database probe: every LB probing every second then costs at
     # most one `SELECT 1` per worker per interval, however many LBs there are.
     health_check_cache_seconds: float = Field(default=1, ge=0, le=60)

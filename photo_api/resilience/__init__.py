@@ -18,6 +18,7 @@ from .events import Events, LogEvents
 from .failures import (
     RETRYABLE_STATUSES,
     TRANSIENT_EXCEPTIONS,
+    CallerSideError,
     DependencyUnavailableError,
     TransientError,
     counts_as_failure,
@@ -38,6 +39,7 @@ __all__ = [
     "Breaker",
     "Bulkhead",
     "BulkheadFullError",
+    "CallerSideError",
     "ConnectGate",
     "DependencyUnavailableError",
     "Events",

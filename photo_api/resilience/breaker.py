@@ -8,8 +8,9 @@ What the adapter needs, and which part of the library each behaviour rests on:
   exactly while `failure_count >= failure_threshold` (the library never sets a state of its own otherwise).
 - gevent's Timeout counted as a failure: the predicate form of `expected_exception`, which the
   library's `__exit__` consults for *every* exception, BaseExceptions included (not documented).
-- GreenletExit or KeyboardInterrupt neither counted nor resetting the count: the library would
-  `reset()` on them, so `__exit__` below does not hand them to it.
+- GreenletExit or KeyboardInterrupt, and a `CallerSideError` (the caller's own upload source failed or
+  stalled), neither counted nor resetting the count: the library would `reset()` on them, so `__exit__`
+  below does not hand them to it.
 - An injectable clock: the library reads `time.monotonic`, imported into its module, with no
   parameter. So `state` and `open_remaining` are recomputed here from the public `failure_count` and
   the time this class saw the count reach the threshold, on its own clock.
@@ -30,7 +31,7 @@ from typing import Any, Literal, TypeVar
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker, CircuitBreakerError
 
 from .events import Events
-from .failures import counts_as_failure
+from .failures import CallerSideError, counts_as_failure
 
 T = TypeVar("T")
 
@@ -98,8 +99,8 @@ class Breaker(CircuitBreaker):
                 self._trial_in_flight = False
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> Literal[False]:
-        if exc is not None and not isinstance(exc, Exception) and not counts_as_failure(type(exc), exc):
-            return False  # GreenletExit, KeyboardInterrupt: nothing said about the dependency
+        if exc is not None and _says_nothing(exc):
+            return False
         before = self.failure_count
         super().__exit__(exc_type, exc, tb)  # a failure adds one; anything else resets (closes)
         if self.failure_count > before and self.failure_count >= self.failure_threshold:
@@ -111,3 +112,10 @@ class Breaker(CircuitBreaker):
         if state != self._reported_state:
             old, self._reported_state = self._reported_state, state
             self._events.state_change(self.service, old, state)
+
+
+def _says_nothing(exc: BaseException) -> bool:
+    """GreenletExit, KeyboardInterrupt or the caller's own failure: nothing said about the dependency."""
+    if isinstance(exc, CallerSideError):
+        return True
+    return not isinstance(exc, Exception) and not counts_as_failure(type(exc), exc)

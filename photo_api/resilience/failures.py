@@ -27,6 +27,14 @@ class DependencyUnavailableError(Exception):
         self.retry_after = retry_after
 
 
+class CallerSideError(Exception):
+    """Raised through a dependency call by the caller's own side (its upload source failed or stalled).
+
+    Says nothing about the dependency: the breaker neither counts it as a failure nor takes it as a
+    success (which would reset the count of failures before it), and it is not retried.
+    """
+
+
 # Failures that count against a dependency (and, for idempotent calls, are retried).
 TRANSIENT_EXCEPTIONS: tuple[type[Exception], ...] = (
     TransientError,
@@ -79,5 +87,6 @@ def outcome_of(exc: BaseException | None) -> str:
         return {"circuit_open": "circuit_open", "deadline": "timeout"}.get(exc.reason, "unavailable")
     if isinstance(exc, requests.Timeout) or is_timeout(exc):
         return "timeout"
-    # Anything else that is not an Exception (GreenletExit, KeyboardInterrupt) stopped the caller, not the call.
-    return "error" if isinstance(exc, Exception) else "cancelled"
+    # The caller's side gave up (its upload source failed), or something that is not an Exception
+    # (GreenletExit, KeyboardInterrupt) stopped the caller: either way not the call's outcome.
+    return "error" if isinstance(exc, Exception) and not isinstance(exc, CallerSideError) else "cancelled"

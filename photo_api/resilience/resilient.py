@@ -91,7 +91,7 @@ class Resilient:
         Non-idempotent calls (a POST that creates something) get one attempt: a retry could do it twice.
         `deadline_s` replaces the policy's deadline for this call (one dependency, one breaker, but an
         upload may need a longer budget than a HEAD). `operation` names the call for the events' timing
-        (a small fixed vocabulary: get, put, head, delete, auth, token, ship).
+        (a small fixed vocabulary: get, put, copy, head, delete, auth, token, ship).
         """
         finished = getattr(self.events, "finished", None)
         if finished is None:

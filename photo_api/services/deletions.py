@@ -43,11 +43,21 @@ def delete_objects(session: Session, storage: Storage, keys: list[str]) -> int:
 
 def record_failed_delete(session: Session, key: str, error: str) -> None:
     """Remember `key` for a later delete (idempotent: one row per key)."""
+    _record(session, key, error[:ERROR_TEXT_LIMIT], utcnow())
+
+
+def schedule_delete(session: Session, key: str, at: datetime) -> None:
+    """Have the reaper delete `key` once `at` has passed, e.g. when nothing can write there any more."""
+    _record(session, key, None, at)
+
+
+def _record(session: Session, key: str, error: str | None, at: datetime) -> None:
+    # One row per key: a key already recorded keeps its row (and its earlier attempt time).
     values = {
         "object_key": key,
-        "last_error": error[:ERROR_TEXT_LIMIT],
+        "last_error": error,
         "created_at": utcnow(),
-        "next_attempt_at": utcnow(),
+        "next_attempt_at": at,
         "attempts": 0,
     }
     dialect = session.get_bind().dialect.name

@@ -3,40 +3,70 @@
 The lifecycle of a presigned upload:
 
 1. `create_presigned` writes a *pending* row (declared size and type, `upload_expires_at` equal to the
-   upload URL's own expiry) and returns the storage's presigned PUT.
+   upload URL's own expiry) whose `filename` is a *staging* key, and returns the storage's presigned
+   PUT for that key.
 2. The client PUTs the bytes straight to storage (Swift TempURL), or, with local storage, to this
    service's signed upload route, which calls `receive_upload`.
-3. `confirm` checks the stored object against the declaration and flips the row to *ready*, or removes
-   row and object when they disagree.
+3. `confirm` checks the staged object against the declaration, copies exactly the bytes it checked to a
+   fresh final key (a copy conditional on their ETag) and flips the row to *ready* naming that key; or
+   removes row and object when they disagree. The upload URL stays valid until it expires, but it names
+   only the staging key: whatever is PUT there after the check never reaches the served object.
 4. `reap` removes pending rows whose window has passed, with their objects, on any number of
    instances at once.
 
 Every state change that two processes may attempt together (confirm twice, confirm vs reaper, two
 reapers) is one conditional statement on `status = 'pending'`, and only the caller whose statement
-matched the row acts on the object.
+matched the row acts on the object. Two confirms of one photo copy to a key each, so the loser's copy
+is deleted without touching the winner's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import ConflictError, FieldError, GoneError, NotFoundError, PayloadTooLargeError, ValidationFailedError
-from ..images import ALLOWED_IMAGE_TYPES, SNIFF_BYTES, new_object_key, sanitize_filename, sniff_image_type
-from ..models import Album, AlbumPhoto, Photo, PhotoStatus, utcnow
-from ..storage import ObjectNotFoundError, ObjectTooLargeError, PresignedUpload, Storage, StoredObject
+from ..errors import (
+    ConflictError,
+    FieldError,
+    GoneError,
+    NotFoundError,
+    PayloadTooLargeError,
+    TooManyRequestsError,
+    ValidationFailedError,
+)
+from ..images import (
+    ALLOWED_IMAGE_TYPES,
+    SNIFF_BYTES,
+    new_object_key,
+    new_staging_key,
+    sanitize_filename,
+    sniff_image_type,
+)
+from ..models import Album, AlbumPhoto, Photo, PhotoStatus, User, utcnow
+from ..storage import (
+    ObjectChangedError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    PresignedUpload,
+    RangeOutsideObjectError,
+    Storage,
+    StorageError,
+    StoredObject,
+)
 from . import deletions
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REAP_BATCH = 500
 _ALLOWED_LIST = ", ".join(ALLOWED_IMAGE_TYPES)
+UPLOAD_CHANGED = "The uploaded file changed while it was being confirmed; confirm again"
 
 
 @dataclass(frozen=True)
@@ -67,16 +97,22 @@ def create_presigned(
     file_size: int,
     max_upload_bytes: int,
     expires_in: int,
+    max_pending_uploads: int,
+    max_pending_bytes: int,
     album_id: int | None = None,
     title: str | None = None,
     description: str | None = None,
+    now: datetime | None = None,
 ) -> PresignedPhoto:
     """Create a pending photo and presign its upload; 422 for a bad type or size, 404 for a foreign album.
 
-    With `album_id` the membership row is written now, in the same transaction: album listings and
-    counts only show ready photos, so the photo appears in the album exactly when it is confirmed, and
-    the row disappears with the photo (ON DELETE CASCADE) if it never is.
+    429 when the owner's pending uploads (presigned, not confirmed, window still open) would then be more
+    than `max_pending_uploads` or declare more than `max_pending_bytes` in all; its `retry_after` is
+    when the first of them expires. With `album_id` the membership row is written now, in the same
+    transaction: album listings and counts only show ready photos, so the photo appears in the album
+    exactly when it is confirmed, and the row disappears with the photo (ON DELETE CASCADE) if it never is.
     """
+    now = now or utcnow()
     content_type = content_type.strip().lower()  # media types are case-insensitive (RFC 9110 §8.3.1)
     problems = []
     if content_type not in ALLOWED_IMAGE_TYPES:
@@ -92,8 +128,11 @@ def create_presigned(
     if album_id is not None and not _owns_album(session, owner_id, album_id):
         raise NotFoundError("Album not found")
 
-    key = new_object_key(owner_id, content_type)
+    key = new_staging_key(owner_id, content_type)
+    # Signed before the owner's row is locked below: it may need storage I/O (a token), and a URL that
+    # is refused is only a signature nobody sees.
     upload = storage.presign_upload(key, content_type=content_type, expires_in=expires_in)
+    _check_pending_quota(session, owner_id, file_size, max_pending_uploads, max_pending_bytes, now)
     photo = Photo(
         owner_id=owner_id,
         filename=key,
@@ -123,10 +162,11 @@ def create_presigned(
 def receive_upload(
     session: Session, storage: Storage, *, key: str, stream: BinaryIO, max_bytes: int, now: datetime | None = None
 ) -> StoredObject:
-    """Stream an upload for the pending photo stored under `key`, typed as declared; the bytes are checked at confirm.
+    """Stream an upload for the pending photo staged under `key`, typed as declared; the bytes are checked at confirm.
 
-    404 when no pending photo has this key (a ready photo's verified bytes must not be replaced through a
-    URL that is still valid), 410 when its window has closed, 413 past `max_bytes`.
+    Only a pending photo's key is written, and a confirmed photo is served from a copy under a key of its
+    own, so nothing sent here can reach a confirmed photo's bytes. 404 when no pending photo has this
+    key, 410 when its window has closed, 413 past `max_bytes`.
     """
     now = now or utcnow()
     photo = session.scalars(select(Photo).where(Photo.filename == key)).one_or_none()
@@ -142,16 +182,21 @@ def receive_upload(
         obj = storage.put(key, stream, content_type=content_type, max_bytes=max_bytes)
     except ObjectTooLargeError:
         raise PayloadTooLargeError(f"Upload exceeds the limit of {max_bytes} bytes (MAX_UPLOAD_BYTES)") from None
-    status = session.scalar(select(Photo.status).where(Photo.id == photo_id))
+    row = session.execute(select(Photo.status, Photo.filename).where(Photo.id == photo_id)).one_or_none()
     session.rollback()
-    if status is None:
+    if row is None:
         # Reaped, rejected or deleted while the bytes were arriving: nobody would ever reap this object.
         deletions.delete_objects(session, storage, [key])
         raise GoneError("The upload was removed while it was being received")
-    if status != PhotoStatus.PENDING:
-        # Confirm ran while these bytes were arriving and verified the previous object. Nothing can be
-        # undone here; the row's checksum still names the verified bytes.
-        log.error("upload replaced a confirmed object", extra={"photo_id": photo_id, "object_key": key})
+    if row.status != PhotoStatus.PENDING:
+        if row.filename != key:
+            # Confirm copied the bytes it verified to the photo's own key while these were arriving:
+            # this staged object now belongs to no one.
+            deletions.delete_objects(session, storage, [key])
+        else:
+            # Confirmed in place by an earlier release, which did not stage uploads: these bytes replaced
+            # the photo's object. Nothing can be undone here.
+            log.error("upload replaced a confirmed object", extra={"photo_id": photo_id, "object_key": key})
         raise ConflictError("The photo was confirmed while this upload was in progress")
     return obj
 
@@ -165,22 +210,26 @@ def confirm(
     max_upload_bytes: int,
     now: datetime | None = None,
 ) -> Photo:
-    """Verify a pending photo's stored object and make the photo ready; a ready photo is returned as is.
+    """Verify a pending photo's staged object, copy it to a final key and make the photo ready.
 
-    404 when the photo is not the caller's. No object yet: 422 while the window is open (the row stays,
-    so the client can still upload), 410 once it has closed (the reaper removes the row). An object that
-    does not match the declaration (size, limit, sniffed type) is a 422 naming each failing check, and
-    both row and object are removed.
+    A ready photo is returned as is. 404 when the photo is not the caller's. No object yet: 422 while
+    the window is open (the row stays, so the client can still upload), 410 once it has closed. An object
+    that does not match the declaration (size, limit, sniffed type) is a 422 naming each failing check,
+    and both row and object are removed. 409 when the staged object was replaced between the check and
+    the copy: the photo stays pending, and confirming again checks the new bytes.
     """
     now = now or utcnow()
     photo = _owned_photo(session, owner_id, photo_id)
     if photo.status == PhotoStatus.READY:
         return photo
-    key = photo.filename
+    staged_key = photo.filename
     session.commit()  # no transaction held open while storage answers (the session keeps `photo` loaded)
     try:
-        obj = storage.head(key)
+        staged, head = _read_staged(storage, staged_key)
     except ObjectNotFoundError:
+        current = _owned_photo(session, owner_id, photo_id, refresh=True)
+        if current.status == PhotoStatus.READY:
+            return current  # a concurrent confirm won and has already removed the staged object
         if photo.upload_expires_at is not None and photo.upload_expires_at <= now:
             raise GoneError("The upload window closed before the object was uploaded") from None
         raise ValidationFailedError(
@@ -188,7 +237,7 @@ def confirm(
             detail="Upload the file to upload_url before confirming",
         ) from None
 
-    problems = _check_object(storage, photo, obj, max_upload_bytes)
+    problems = _check_object(photo, staged, head, max_upload_bytes)
     if problems:
         if _reject(session, storage, photo):
             raise ValidationFailedError(
@@ -197,14 +246,31 @@ def confirm(
         # Another confirm (with a newer object) or the reaper got to the row first: answer what is there now.
         return _owned_photo(session, owner_id, photo_id, refresh=True)
 
+    # Conditional on the ETag just checked: the final key holds the verified bytes or nothing. The
+    # comparison after it guards against a store that ignored the condition.
+    final_key = new_object_key(photo.owner_id, photo.content_type)
+    try:
+        final = storage.copy(staged_key, final_key, content_type=photo.content_type, if_match=staged.etag)
+    except ObjectChangedError:
+        raise ConflictError(UPLOAD_CHANGED) from None
+    except ObjectNotFoundError:
+        current = _owned_photo(session, owner_id, photo_id, refresh=True)
+        if current.status == PhotoStatus.READY:
+            return current  # removed since the check by a confirm that won
+        raise ConflictError(UPLOAD_CHANGED) from None
+    if (final.etag, final.size) != (staged.etag, staged.size):
+        deletions.delete_objects(session, storage, [final_key])
+        raise ConflictError(UPLOAD_CHANGED)
+
     # The flip is the claim: of two confirms, or a confirm and a reaper, only one statement matches.
     flipped = session.scalar(
         update(Photo)
         .where(Photo.id == photo.id, Photo.status == PhotoStatus.PENDING)
         .values(
             status=PhotoStatus.READY,
-            checksum=obj.etag,
-            file_size=obj.size,
+            filename=final_key,
+            checksum=final.etag,
+            file_size=final.size,
             upload_expires_at=None,
             updated_at=now,
         )
@@ -214,6 +280,9 @@ def confirm(
     session.commit()
     if flipped is None:
         log.info("confirm lost a race", extra={"photo_id": photo.id})
+        deletions.delete_objects(session, storage, [final_key])  # only this confirm's copy
+    else:
+        _retire_staged(session, storage, staged_key, photo.upload_expires_at, now)
     return _owned_photo(session, owner_id, photo_id, refresh=True)
 
 
@@ -245,8 +314,48 @@ def reap(session: Session, storage: Storage, now: datetime, batch: int = DEFAULT
             log.info("expired uploads removed", extra={"count": len(keys)})
         if len(ids) < batch:
             break
-    done, failed = deletions.retry_pending(session, storage, now=now)
+    # Batch after batch: every confirmed upload schedules one delete (its staging key, once the URL has
+    # expired), so a busy hour leaves far more due deletions than one batch.
+    done = failed = 0
+    while True:
+        batch_done, batch_failed = deletions.retry_pending(session, storage, now=now, limit=batch)
+        done, failed = done + batch_done, failed + batch_failed
+        if batch_done + batch_failed < batch:
+            break
     return ReapResult(expired_uploads_removed=removed, deletions_retried=done, deletions_failed=failed)
+
+
+def _check_pending_quota(
+    session: Session, owner_id: int, file_size: int, max_uploads: int, max_bytes: int, now: datetime
+) -> None:
+    """Lock the owner's row until the commit and refuse (429) a reservation beyond the owner's limits.
+
+    The lock serialises one owner's presigns on PostgreSQL, so that concurrent ones cannot each count the
+    same free slot; FOR NO KEY UPDATE does not block the FOR KEY SHARE that inserting photos takes.
+    """
+    session.execute(select(User.id).where(User.id == owner_id).with_for_update(key_share=True))
+    count, declared, first_expiry = session.execute(
+        select(
+            func.count(Photo.id), func.coalesce(func.sum(Photo.file_size), 0), func.min(Photo.upload_expires_at)
+        ).where(Photo.owner_id == owner_id, Photo.status == PhotoStatus.PENDING, Photo.upload_expires_at > now)
+    ).one()
+    if count + 1 > max_uploads:
+        detail = (
+            f"{count} uploads are pending, the most allowed (MAX_PENDING_UPLOADS_PER_USER): "
+            "confirm them, or wait until they expire"
+        )
+    elif declared + file_size > max_bytes:
+        detail = (
+            f"Pending uploads declare {declared} bytes; {file_size} more would pass the limit of {max_bytes} "
+            "(MAX_PENDING_UPLOAD_BYTES_PER_USER): confirm them, or wait until they expire"
+        )
+    else:
+        return
+    session.rollback()
+    # The first reservation to expire frees room (none is pending only when one file alone is over the
+    # byte limit, which config refuses: MAX_PENDING_UPLOAD_BYTES_PER_USER >= MAX_UPLOAD_BYTES).
+    wait = (first_expiry - now).total_seconds() if first_expiry is not None else 1
+    raise TooManyRequestsError(detail, retry_after=max(1, math.ceil(wait)))
 
 
 def _owns_album(session: Session, owner_id: int, album_id: int) -> bool:
@@ -263,7 +372,16 @@ def _owned_photo(session: Session, owner_id: int, photo_id: int, *, refresh: boo
     return photo
 
 
-def _check_object(storage: Storage, photo: Photo, obj: StoredObject, max_upload_bytes: int) -> list[FieldError]:
+def _read_staged(storage: Storage, key: str) -> tuple[StoredObject, bytes]:
+    """The staged object's metadata and first bytes from one read, so that both describe the same version."""
+    try:
+        with storage.open(key, byte_range=(0, SNIFF_BYTES - 1)) as reader:
+            return reader.obj, b"".join(reader)
+    except RangeOutsideObjectError:
+        return storage.head(key), b""  # an empty object: any range of it is unsatisfiable
+
+
+def _check_object(photo: Photo, obj: StoredObject, head: bytes, max_upload_bytes: int) -> list[FieldError]:
     problems = []
     if obj.size != photo.file_size:
         problems.append(
@@ -271,7 +389,7 @@ def _check_object(storage: Storage, photo: Photo, obj: StoredObject, max_upload_
         )
     elif obj.size > max_upload_bytes:  # the limit may have been lowered since the presign
         problems.append(FieldError("file_size", f"the uploaded file exceeds the limit of {max_upload_bytes} bytes"))
-    sniffed = sniff_image_type(_leading_bytes(storage, photo.filename, obj.size))
+    sniffed = sniff_image_type(head)
     if sniffed is None:
         problems.append(FieldError("content_type", f"the uploaded file is not an image of type: {_ALLOWED_LIST}"))
     elif sniffed != photo.content_type:
@@ -281,11 +399,20 @@ def _check_object(storage: Storage, photo: Photo, obj: StoredObject, max_upload_
     return problems
 
 
-def _leading_bytes(storage: Storage, key: str, size: int) -> bytes:
-    if size == 0:
-        return b""  # a range on an empty object is unsatisfiable
-    with storage.open(key, byte_range=(0, SNIFF_BYTES - 1)) as reader:
-        return b"".join(reader)
+def _retire_staged(session: Session, storage: Storage, key: str, window_end: datetime | None, now: datetime) -> None:
+    """Delete a confirmed photo's staged object now, and once more after its upload URL has expired.
+
+    Until then the URL can still write the staging key (a Swift TempURL cannot be revoked); nothing
+    written there is served, and the scheduled delete keeps it from staying behind as an orphan.
+    """
+    deletions.schedule_delete(session, key, at=max(now, window_end or now))
+    try:
+        storage.delete(key)
+    except StorageError as exc:
+        log.warning(
+            "staged object delete failed; the scheduled delete retries it",
+            extra={"object_key": key, "error": type(exc).__name__},
+        )
 
 
 def _reject(session: Session, storage: Storage, photo: Photo) -> bool:

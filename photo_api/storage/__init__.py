@@ -14,6 +14,7 @@ from photo_api.storage.base import (
 )
 from photo_api.storage.errors import (
     InvalidKeyError,
+    ObjectChangedError,
     ObjectNotFoundError,
     ObjectTooLargeError,
     RangeOutsideObjectError,
@@ -42,6 +43,7 @@ __all__ = [
     "CHUNK_SIZE",
     "InvalidKeyError",
     "LocalStorage",
+    "ObjectChangedError",
     "ObjectNotFoundError",
     "ObjectReader",
     "ObjectTooLargeError",

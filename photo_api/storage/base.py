@@ -112,6 +112,14 @@ class Storage(Protocol):
         """Store the stream under `key` in chunks, atomically; more than `max_bytes` raises ObjectTooLargeError."""
         ...
 
+    def copy(self, source: str, destination: str, *, content_type: str, if_match: str | None = None) -> StoredObject:
+        """Copy an object inside the store, typed `content_type`; with `if_match`, only while the source has that ETag.
+
+        ObjectNotFoundError when the source is missing, ObjectChangedError when its ETag is not `if_match`
+        (nothing is written then). Returns what the destination now holds.
+        """
+        ...
+
     def open(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectReader:
         """Read an object, or the inclusive range (first, last-or-None) of it."""
         ...

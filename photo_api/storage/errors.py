@@ -19,6 +19,10 @@ class ObjectTooLargeError(StorageError):
         self.max_bytes = max_bytes
 
 
+class ObjectChangedError(StorageError):
+    """A conditional copy found the source with another ETag than the caller named; nothing was copied."""
+
+
 class RangeOutsideObjectError(StorageError):
     """The requested byte range starts beyond the object; `size` feeds `Content-Range: bytes */size`."""
 

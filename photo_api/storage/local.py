@@ -33,6 +33,7 @@ from photo_api.storage.base import (
 )
 from photo_api.storage.errors import (
     InvalidKeyError,
+    ObjectChangedError,
     ObjectNotFoundError,
     ObjectTooLargeError,
     StorageError,
@@ -135,6 +136,21 @@ class LocalStorage:
                 temp.unlink(missing_ok=True)
             raise
         return obj
+
+    def copy(self, source: str, destination: str, *, content_type: str, if_match: str | None = None) -> StoredObject:
+        """Copy the bytes of `source` into a new file renamed over `destination`; see Storage.copy."""
+        self._locate(destination)
+        _validate_content_type(content_type)
+        # The open file pins the version whose header is checked: objects are replaced by rename, never
+        # rewritten in place, so a put racing this copy cannot change the bytes read below.
+        with _open_object_file(self._locate(source), source) as file:
+            with _filesystem_errors(source):
+                obj = _read_header(file, source)
+            if if_match is not None and obj.etag != if_match:
+                raise ObjectChangedError(f"object {source!r} no longer has ETag {if_match}")
+            # Raw OSErrors here can only come from reading the source: put translates its own.
+            with _filesystem_errors(source):
+                return self.put(destination, file, content_type=content_type)
 
     def open(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectReader:
         """Open an object (or an inclusive byte range of it) for streaming in chunks."""

@@ -8,6 +8,9 @@ Decisions worth knowing:
   our MD5. An upload is retried (transient failure, or a 401) only when its source is seekable, so it
   can be rewound: a request body stream cannot be replayed, and a retry that sent half a body again
   would store garbage. The web layer's request stream is not seekable, so API uploads get one attempt.
+- Only Swift's own time counts against an upload: reading the source happens outside the call's deadline,
+  and a source that fails or stalls (the API's body reader raises when a client stops sending) aborts the
+  PUT without counting as a Swift failure or success in the breaker.
 - Going over `max_bytes` aborts the PUT before the terminating chunk is sent, which makes Swift discard
   the partial body; whatever was stored under the key before stays in place.
 - For a streaming GET, the deadline and the bulkhead slot cover obtaining the response headers; the
@@ -37,10 +40,12 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from photo_api.greenlets import outside_deadlines
 from photo_api.resilience import (
     RETRYABLE_STATUSES,
     Bulkhead,
     BulkheadFullError,
+    CallerSideError,
     DependencyUnavailableError,
     Events,
     Policy,
@@ -50,6 +55,7 @@ from photo_api.resilience import (
 from photo_api.storage.base import CHUNK_SIZE, ObjectReader, PresignedUpload, StoredObject, resolve_range
 from photo_api.storage.errors import (
     InvalidKeyError,
+    ObjectChangedError,
     ObjectNotFoundError,
     ObjectTooLargeError,
     RangeOutsideObjectError,
@@ -82,8 +88,8 @@ class _TokenRejectedError(Exception):
     """Swift answered 401: the token expired or was revoked (an answer, so the breaker stays closed)."""
 
 
-class _SourceError(Exception):
-    """The caller's upload stream failed; carried through requests so it is not mistaken for a Swift failure."""
+class _SourceError(CallerSideError):
+    """The caller's upload stream failed or stalled: carried through requests and the breaker, counted neither way."""
 
     def __init__(self, original: BaseException) -> None:
         super().__init__(str(original))
@@ -125,7 +131,10 @@ class _UploadBody:
             # At most one byte past the limit, so an oversized upload is noticed without reading on.
             want = CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - self.size + 1)
             try:
-                chunk = self._stream.read(want)
+                # Waiting for the source (a client sending its body) is not Swift's time: the call's deadline
+                # stops meanwhile, so a slow but live client does not use up STORAGE_UPLOAD_TIMEOUT.
+                with outside_deadlines():
+                    chunk = self._stream.read(want)
             except Exception as exc:
                 raise _SourceError(exc) from exc
             if not chunk:
@@ -252,6 +261,46 @@ class SwiftStorage:
             self._delete_quietly(key)
             raise StorageError(f"upload of {key!r} was corrupted in transit (ETag mismatch)")
         return StoredObject(key=key, size=body.size, content_type=content_type, etag=etag, last_modified=last_modified)
+
+    def copy(self, source: str, destination: str, *, content_type: str, if_match: str | None = None) -> StoredObject:
+        """Server-side copy (`PUT` with `X-Copy-From`), then a HEAD of the copy; see Storage.copy.
+
+        Swift evaluates a copy request's conditional headers against the *source*, so `If-Match` makes the
+        copy happen only while the source still has the ETag the caller checked (412 otherwise).
+        `X-Fresh-Metadata` drops whatever metadata the source's uploader attached (user metadata, a
+        Content-Disposition, an X-Delete-At): the copy carries only its bytes and `content_type`.
+        """
+        _validate_key(source)
+        _validate_key(destination)
+        _validate_content_type(content_type)
+        headers = {
+            "X-Copy-From": quote(f"/{self._container}/{source}", safe="/"),
+            "X-Fresh-Metadata": "true",
+            "Content-Type": content_type,
+        }
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+
+        def send(token: Token) -> requests.Response:
+            return self._session.put(
+                self._object_url(token, destination),
+                data=b"",  # a copy request must have an empty body (Content-Length: 0)
+                headers={"X-Auth-Token": token.id, **headers},
+                # Swift answers once it has read and written the whole object: an upload's budget.
+                timeout=(self._policy.connect_timeout, self._upload_timeout),
+            )
+
+        # Idempotent: repeating it writes the same bytes again, and the condition is re-evaluated.
+        with self._request(send, "copy", idempotent=True, deadline=self._upload_timeout) as response:
+            status = response.status_code
+            if status == 404:
+                raise ObjectNotFoundError(source)
+            if status == 412:
+                raise ObjectChangedError(f"object {source!r} no longer has ETag {if_match}")
+            if status != 201:
+                _unexpected(response, f"copy of {source!r} to {destination!r}")
+        # The copy's answer has no size: ask for the object as it is now stored.
+        return self.head(destination)
 
     def open(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> ObjectReader:
         """Stream an object (or an inclusive byte range of it) from Swift in chunks."""

@@ -8,6 +8,8 @@ switch, to prove the test fails when the patch is missing.
 
 from __future__ import annotations
 
+import http.client
+import secrets
 import signal
 import threading
 import time
@@ -24,6 +26,7 @@ from tests.e2e.conftest import StartServer
 from tests.harness.env import lifecycle_env
 from tests.harness.server import ServeProcess, pid_alive
 from tests.harness.users import Users, bearer
+from tests.images import png
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +40,9 @@ RESPONSIVE_PROBE_S = 0.5
 DRAIN_S = 2.0
 # The drain, then a gevent worker notices SIGTERM within 1 s (its run loop checks once a second) and exits.
 SIGTERM_EXIT_BOUND_S = DRAIN_S + 5
+# CLIENT_BODY_TIMEOUT of the stalled-upload test, and what a loaded machine adds to the answer.
+STALL_TIMEOUT_S = 1.0
+STALL_SLACK_S = 1.5
 
 
 def _register_login_me(http: requests.Session, server: ServeProcess) -> tuple[str, dict[str, Any]]:
@@ -197,3 +203,59 @@ def test_development_serve_with_no_configuration(serve: StartServer, tmp_path: P
     r = requests.get(again.url("/auth/me"), headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
     assert r.status_code == 200
     assert r.json()["id"] == me["id"]
+
+
+def _stalled(server: ServeProcess, method: str, target: str, headers: dict[str, str], body: bytes, sent: int) -> Any:
+    """Send a request announcing `body` but only its first `sent` bytes; (status, seconds to answer, closed)."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=HTTP_TIMEOUT_S)
+    try:
+        conn.putrequest(method, target)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        conn.send(body[:sent])
+        started = time.monotonic()
+        response = conn.getresponse()
+        seconds = time.monotonic() - started
+        response.read()
+        assert conn.sock is not None
+        return response.status, seconds, conn.sock.recv(1) == b""
+    finally:
+        conn.close()
+
+
+def test_a_stalled_upload_to_local_storage_is_408_and_leaves_no_file(
+    production_env: dict[str, str], serve: StartServer, tmp_path: Path
+) -> None:
+    server = serve({**production_env, "CLIENT_BODY_TIMEOUT": str(STALL_TIMEOUT_S)}, workers=1)
+    user = Users.at(server.url(), timeout=HTTP_TIMEOUT_S).create()["headers"]
+    data = png(32, 32, text=secrets.token_hex(300_000).encode())  # 600 KB: past the sniffed head
+
+    # The signed PUT route of a direct upload: LocalStorage is writing its temp file when the client stops.
+    r = requests.post(
+        server.url("/photos/presigned-url"),
+        headers=user,
+        json={"filename": "a.png", "content_type": "image/png", "file_size": len(data)},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert r.status_code == 201, r.text
+    target = r.json()["upload_url"].split("//", 1)[1].split("/", 1)[1]
+    put = _stalled(server, "PUT", f"/{target}", {"Content-Type": "image/png"}, data, len(data) // 2)
+
+    # A multipart upload, stalled in the middle of LocalStorage.put as well.
+    boundary = secrets.token_hex(8)
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="b.png"\r\n\r\n'.encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    multipart = {**user, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    post = _stalled(server, "POST", "/photos", multipart, form, len(form) // 2)
+
+    for status, seconds, closed in (put, post):
+        assert status == 408
+        assert STALL_TIMEOUT_S * 0.9 <= seconds < STALL_TIMEOUT_S + STALL_SLACK_S, seconds
+        assert closed
+    print(f"\nlocal storage: 408 after {put[1]:.2f} s (PUT), {post[1]:.2f} s (POST)")
+    storage = tmp_path / "storage"
+    assert [p for p in storage.rglob("*") if p.is_file()] == [], "no temp file and no object stays behind"

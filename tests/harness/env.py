@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from photo_api.config import Settings
+
 # A secret production accepts (32 bytes or more, not a well-known default); tests share it to sign tokens.
 TEST_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 # Production requires an https PUBLIC_BASE_URL; the share links and local upload URLs of a test instance
@@ -38,9 +40,10 @@ def lifecycle_env(
 
     Production refuses DRAIN_DELAY_SECONDS below LB_HEALTH_CHECK_INTERVAL x LB_UNHEALTHY_THRESHOLD +
     LB_HEALTH_CHECK_TIMEOUT, HEALTH_CHECK_TIMEOUT not below LB_HEALTH_CHECK_TIMEOUT, and GRACEFUL_TIMEOUT
-    below the statement timeout: the values go together, and a combination the rules would refuse fails
-    here, naming the rule, instead of as an instance that does not start. Without `graceful_s` the
-    graceful stop and the statement timeout keep their defaults.
+    below the statement timeout or CLIENT_BODY_TIMEOUT: the values go together, and a combination the
+    rules would refuse fails here, naming the rule, instead of as an instance that does not start.
+    Without `graceful_s` the graceful stop, the statement timeout and the client body timeout keep their
+    defaults.
     """
     needed = check_interval_s * unhealthy_threshold + check_timeout_s
     if drain_s < needed:
@@ -57,6 +60,7 @@ def lifecycle_env(
     if graceful_s is not None:
         env["GRACEFUL_TIMEOUT"] = str(graceful_s)
         env["DB_STATEMENT_TIMEOUT_MS"] = str(graceful_s * 1000)
+        env["CLIENT_BODY_TIMEOUT"] = str(min(graceful_s, Settings.model_fields["client_body_timeout"].default))
     return env
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -145,6 +146,16 @@ def get_image(api: Api, user: dict[str, str], photo_id: int, **headers: str) -> 
     )
 
 
+def assert_serves(api: Api, user: dict[str, str], photo_id: int, data: bytes, content_type: str) -> None:
+    """The photo's image is exactly `data`, typed `content_type`, with its size and MD5 ETag."""
+    r = get_image(api, user, photo_id)
+    assert r.status_code == 200
+    assert r.content == data
+    assert r.headers["Content-Type"] == content_type
+    assert r.headers["Content-Length"] == str(len(data))
+    assert r.headers["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+
+
 def assert_unavailable(answer: Answer | requests.Response, max_retry_after: float) -> None:
     """503 problem+json naming object storage, with a Retry-After in whole seconds within bounds."""
     status = answer.status if isinstance(answer, Answer) else answer.status_code
@@ -215,9 +226,55 @@ def test_presigned_upload_puts_to_a_swift_tempurl(api: Api, user: dict[str, str]
     listed = requests.get(api.server.url("/photos"), headers=user, timeout=HTTP_TIMEOUT_S).json()
     assert [p["id"] for p in listed] == [presigned["photo_id"]]
 
-    r = get_image(api, user, presigned["photo_id"])
-    assert r.status_code == 200
-    assert r.content == data
+    assert_serves(api, user, presigned["photo_id"], data, "image/jpeg")
+
+    # The TempURL is still valid, and Swift takes the PUT; it lands on the staging key the URL names,
+    # never on the object the photo is served from.
+    html = b"<html><script>alert(document.domain)</script></html>" * 40
+    evil = {"Content-Type": "text/html"}
+    put = requests.put(presigned["upload_url"], data=html, headers=evil, timeout=HTTP_TIMEOUT_S)
+    assert put.status_code == 201, put.text
+    assert_serves(api, user, presigned["photo_id"], data, "image/jpeg")
+    final_key = r.json()["filename"]
+    assert final_key in api.swift.list_container(api.container)
+    assert final_key not in presigned["upload_url"]
+
+
+def test_a_tempurl_put_racing_the_confirm_never_reaches_the_confirmed_photo(api: Api, user: dict[str, str]) -> None:
+    data = image_bytes(40_000)
+    r = requests.post(
+        api.server.url("/photos/presigned-url"),
+        headers=user,
+        json={"filename": "race.png", "content_type": "image/png", "file_size": len(data)},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert r.status_code == 201, r.text
+    presigned = r.json()
+    put = requests.put(presigned["upload_url"], data=data, headers=presigned["upload_headers"], timeout=HTTP_TIMEOUT_S)
+    assert put.status_code == 201, put.text
+
+    # A second PUT through the same URL sends half its body, confirm runs and answers, then the PUT ends.
+    html = b"<html><body>" + b"x" * 60_000 + b"</body></html>"
+    half_sent, confirmed = threading.Event(), threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield html[: len(html) // 2]
+        half_sent.set()
+        assert confirmed.wait(HTTP_TIMEOUT_S)
+        yield html[len(html) // 2 :]
+
+    with ThreadPoolExecutor(1) as pool:
+        racing = pool.submit(
+            requests.put, presigned["upload_url"], data=body(), headers={"Content-Type": "text/html"}, timeout=30
+        )
+        assert half_sent.wait(HTTP_TIMEOUT_S)
+        confirm = {"photo_id": presigned["photo_id"]}
+        r = requests.post(api.server.url("/photos/confirm"), headers=user, json=confirm, timeout=HTTP_TIMEOUT_S)
+        confirmed.set()
+        assert r.status_code == 200, r.text
+        assert racing.result().status_code == 201  # Swift took it: the URL was still valid
+    assert (r.json()["content_type"], r.json()["file_size"]) == ("image/png", len(data))
+    assert_serves(api, user, presigned["photo_id"], data, "image/png")
 
 
 # ---------------------------------------------------------------------- faults

@@ -218,6 +218,41 @@ def test_a_failed_trial_opens_the_breaker_again(
     assert storage.breaker_state == "open"
 
 
+class StalledSource:
+    """An upload source (a client) that sends a little and then stops, as the API's body reader reports it."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads > 2:
+            raise TimeoutError("the client sent nothing for CLIENT_BODY_TIMEOUT seconds")
+        return b"x" * size
+
+
+def test_a_stalled_source_neither_counts_nor_resets_the_failures_before_it(
+    behind_proxy: Callable[..., SwiftStorage], swift_proxy: FaultProxy, key: str
+) -> None:
+    storage = behind_proxy(policy=fast_policy(failure_threshold=3, max_tries=1, recovery_timeout=RECOVERY_S))
+    storage.put(key, io.BytesIO(b"warm"), content_type="image/png")  # token and container before the faults
+    swift_proxy.set(Fault.reset(count=2))
+    for _ in range(2):
+        with pytest.raises(StorageUnavailableError):
+            storage.head(key)
+    assert storage.breaker_state == "closed"  # two failures of three
+    with pytest.raises(TimeoutError, match="CLIENT_BODY_TIMEOUT"):
+        storage.put(key + ".stalled", cast(BinaryIO, StalledSource()), content_type="image/png")
+    assert storage.breaker_state == "closed"
+    swift_proxy.set(Fault.reset(count=1))
+    with pytest.raises(StorageUnavailableError):
+        storage.head(key)
+    assert storage.breaker_state == "open", "the stalled client must not have reset the two failures before it"
+    swift_proxy.pass_through()
+    with pytest.raises(StorageUnavailableError):
+        storage.head(key)  # refused without I/O until the recovery timeout
+
+
 # ---------------------------------------------------------------------- deadlines and bulkhead
 
 

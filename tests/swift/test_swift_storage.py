@@ -109,6 +109,33 @@ def test_tampered_tempurls_are_refused(storage: SwiftStorage, key: str) -> None:
         storage.head(key)
 
 
+def test_copy_keeps_none_of_what_the_uploader_attached(
+    storage: SwiftStorage, swift: Swift, container: str, key: str
+) -> None:
+    # A TempURL PUT may carry any header Swift stores with an object; the copy confirm makes must not.
+    upload = storage.presign_upload(key, content_type="image/png", expires_in=60)
+    attached = {
+        "Content-Type": "text/html",
+        "Content-Disposition": "attachment; filename=evil.html",
+        "Content-Encoding": "gzip",
+        "X-Object-Meta-Evil": "yes",
+        "X-Delete-After": "3600",
+    }
+    assert requests.put(upload.url, data=b"<html>", headers=attached, timeout=10).status_code == 201
+    verified = storage.head(key)
+    assert verified.content_type == "text/html"
+
+    copy = storage.copy(key, key + ".final", content_type="image/png", if_match=verified.etag)
+    assert (copy.etag, copy.size, copy.content_type) == (verified.etag, 6, "image/png")
+    url = f"{swift.storage_url}/{container}/{key}.final"
+    raw = requests.head(url, headers={"X-Auth-Token": swift.token()}, timeout=10)
+    assert raw.status_code == 200
+    kept = {name.lower() for name in raw.headers} & {name.lower() for name in attached if name != "Content-Type"}
+    assert kept == set(), raw.headers
+    assert "X-Delete-At" not in raw.headers
+    assert raw.headers["Content-Type"] == "image/png"
+
+
 def test_presign_needs_a_temp_url_key(make_storage: MakeStorage, key: str) -> None:
     with pytest.raises(StorageError, match="TEMP_URL_KEY"):
         make_storage(temp_url_key=None).presign_upload(key, content_type="image/png", expires_in=60)
