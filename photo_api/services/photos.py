@@ -204,9 +204,12 @@ def _insert_photo(
     """Record a stored image as the owner's ready photo, in the form's album when given, and commit."""
     album_id = form.album_id
     if album_id is not None:
-        # FOR KEY SHARE: the album cannot be deleted between this check and our commit (PostgreSQL).
+        # FOR KEY SHARE: the album cannot be deleted between this check and our commit (PostgreSQL), while
+        # other uploads into the same album, which take the same weak lock, do not wait for each other.
         owned = session.scalar(
-            select(Album.id).where(Album.id == album_id, Album.owner_id == owner_id).with_for_update(key_share=True)
+            select(Album.id)
+            .where(Album.id == album_id, Album.owner_id == owner_id)
+            .with_for_update(read=True, key_share=True)
         )
         if owned is None:
             raise NotFoundError(ALBUM_NOT_FOUND)
