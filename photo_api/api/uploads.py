@@ -10,11 +10,12 @@ from pydantic import BaseModel, Field, StringConstraints
 from .. import metrics
 from ..errors import UnauthorizedError
 from ..images import ALLOWED_IMAGE_TYPES
+from ..jobs.submit import enqueue_photo
 from ..models import MAX_ID
 from ..services import uploads
 from ..services.fields import Description, Title
 from .common import auth_required, current_user, db_session, json_body, public_base_url, respond
-from .context import current_limits, current_storage
+from .context import current_jobs, current_limits, current_storage
 from .openapi import doc
 from .schemas import PhotoOut, Request
 
@@ -131,6 +132,8 @@ def confirm() -> Response:
             max_upload_bytes=current_limits().max_upload_bytes,
         )
         attempt.stored(photo.file_size)
+    if photo.processing_status == "pending" and photo.processing_enqueued_at is None:
+        enqueue_photo(db_session(), current_jobs(), photo.id)  # media pipeline (a repeated confirm enqueues nothing)
     return respond(PhotoOut.model_validate(photo))
 
 
