@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     job_timeout: int = Field(default=120, ge=10, le=3600)
     # A photo whose job was handed to the queue this long ago and is still pending is enqueued again by
     # `photo-api reap-uploads` (a lost job: Redis restarted, a worker killed).
-    processing_stale_seconds: int = Field(default=1800, ge=60, le=7 * 24 * 3600)
+    processing_stale_seconds: int = Field(default=1800, ge=11, le=7 * 24 * 3600)
     # Decompression bombs: an image declaring more pixels is refused from its header. Below Pillow's own
     # hard limit (twice Image.MAX_IMAGE_PIXELS, 178,956,970), so ours is the one that applies.
     media_max_pixels: int = Field(default=100_000_000, ge=1_000_000, le=178_000_000)
