@@ -121,3 +121,18 @@ def test_haproxy_probe_timing_fits_the_drain(example: Settings) -> None:
     assert "uri /health" in text
     (keep_alive,) = re.findall(r"^\s*timeout http-keep-alive (\S+)$", text, flags=re.MULTILINE)
     assert _seconds(keep_alive) < example.keepalive
+
+
+def test_worker_unit_drains_the_job_in_hand(example: Settings) -> None:
+    service = _unit("photo-api-worker.service")["Service"]
+    assert service["KillMode"] == ["mixed"]  # SIGTERM to the main process: RQ's warm shutdown
+    assert service["KillSignal"] == ["SIGTERM"]
+    (stop_timeout,) = service["TimeoutStopSec"]
+    assert float(stop_timeout) >= example.job_timeout + STOP_MARGIN_S  # the longest job finishes first
+    (exec_start,) = service["ExecStart"]
+    assert "/photo-api worker" in exec_start
+    assert "PHOTO_API_ENV_FILE=/etc/photo-api/photo-api.env" in service["Environment"]
+    # Not the API's metrics directory, which its master locks.
+    api_dir = [e for e in _unit("photo-api.service")["Service"]["Environment"] if "PROMETHEUS_MULTIPROC_DIR" in e]
+    assert api_dir and api_dir[0] not in service["Environment"]
+    assert example.redis_url is not None and example.processing_stale_seconds > example.job_timeout
