@@ -74,7 +74,7 @@ class UploadVerifier(Protocol):
         "The photo stays pending (not listed, not in album listings) until `POST /photos/confirm`. "
         "Send the file with `upload_method` to `upload_url` with `upload_headers` before `expires_in` "
         "seconds have passed; an unconfirmed upload is removed after that by the reaper. "
-        "422 for a type other than JPEG, PNG, WebP or GIF, or a size above MAX_UPLOAD_BYTES; "
+        "422 for a type other than JPEG, PNG, WebP, GIF, HEIC or HEIF, or a size above MAX_UPLOAD_BYTES; "
         "404 when `album_id` is not one of the caller's albums."
     ),
 )

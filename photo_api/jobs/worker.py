@@ -53,24 +53,37 @@ def renditions_job(photo_id: int) -> str:
         raise
 
 
-def run(redis_url: str, *, processes: int, burst: bool, job_monitoring_interval: int = 30) -> bool:
-    """Work the queue until told to stop (or, with `burst`, until it is empty); True if a job ran."""
+def worker_class() -> type[Any]:
+    """RQ's SimpleWorker with our heartbeat and maintenance intervals (also for the processes of a pool)."""
+    from rq import SimpleWorker
+
+    class MediaWorker(SimpleWorker):
+        """Runs jobs in its own process, one at a time; wakes up every WORKER_TTL_S - 15 s when idle."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("worker_ttl", WORKER_TTL_S)
+            kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL_S)
+            super().__init__(*args, **kwargs)
+
+    return MediaWorker
+
+
+def run(redis_url: str, *, processes: int, burst: bool) -> bool:
+    """Work the queue until told to stop (or, with `burst`, until it is empty); True if a job ran.
+
+    With several processes, RQ's WorkerPool forks them, restarts one that dies, and on SIGTERM asks each
+    for a warm shutdown and waits for all of them.
+    """
     from redis import Redis
-    from rq import Queue, SimpleWorker
+    from rq import Queue
     from rq.worker_pool import WorkerPool
 
     connection = Redis.from_url(redis_url)
     if processes > 1:
-        pool = WorkerPool([QUEUE_NAME], connection=connection, num_workers=processes, worker_class=SimpleWorker)
-        pool.start(burst=burst, logging_level=logging.getLevelName(logging.getLogger().level))
+        pool = WorkerPool([QUEUE_NAME], connection=connection, num_workers=processes, worker_class=worker_class())
+        pool.start(burst=burst, logging_level=_level())
         return True
-    worker = SimpleWorker(
-        [Queue(QUEUE_NAME, connection=connection)],
-        connection=connection,
-        worker_ttl=WORKER_TTL_S,
-        maintenance_interval=MAINTENANCE_INTERVAL_S,
-        job_monitoring_interval=job_monitoring_interval,
-    )
+    worker = worker_class()([Queue(QUEUE_NAME, connection=connection)], connection=connection)
     # with_scheduler: retries wait in RQ's scheduled registry; one scheduler per queue (a Redis lock)
     # moves them back when their backoff is over.
     worked: bool = worker.work(burst=burst, with_scheduler=True, logging_level=_level())
