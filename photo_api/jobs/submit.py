@@ -21,6 +21,11 @@ def enqueue_photo(session: Session, queue: JobQueue, photo_id: int) -> bool:
     try:
         if not queue.enqueue(photo_id):
             return False
+    except Exception:
+        # Whatever the queue does wrong, the photo is stored: the reaper enqueues its job later.
+        log.exception("could not enqueue a job", extra={"photo_id": photo_id})
+        return False
+    try:
         processing.mark_enqueued(session, photo_id)
     except Exception:
         # The job may be queued without the note: the reaper enqueues it once more, which is harmless.
