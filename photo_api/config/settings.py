@@ -155,7 +155,8 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=5, ge=1, le=20)
     # First backoff before a retry; each next one is four times longer (30 s, 2 min, 8 min, 32 min).
     job_retry_base_delay: int = Field(default=30, ge=1, le=3600)
-    # The longest one run of a job may take before its worker stops it (a 100-megapixel HEIC takes ~10 s).
+    # The longest one run of a job may take before its worker stops it: a 12-megapixel JPEG takes 0.3 s
+    # (ops/bench/RESULTS.md); the rest is room for the largest images and a slow storage.
     job_timeout: int = Field(default=120, ge=10, le=3600)
     # A photo whose job was handed to the queue this long ago and is still pending is enqueued again by
     # `photo-api reap-uploads` (a lost job: Redis restarted, a worker killed).

@@ -39,7 +39,8 @@ ENQUEUE_RESULTS = ("ok", "failed")  # failed: the queue was unavailable; the rea
 # for a slow client), hence the long tail.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 EXTERNAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-# A renditions job takes ~0.1 s for a phone JPEG and up to ~10 s for a 100-megapixel HEIC; JOB_TIMEOUT caps it.
+# A renditions job takes ~0.3 s for a 12-megapixel JPEG (ops/bench/RESULTS.md), seconds for the largest
+# images; JOB_TIMEOUT caps it.
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 

@@ -52,7 +52,7 @@ JOB_SETTINGS = {
     "GRACEFUL_TIMEOUT": "10",
 }
 STALE_S = 11
-PROCESSED_WITHIN_S = 30  # a loaded 2-CPU machine; a phone JPEG takes ~0.1 s to process
+PROCESSED_WITHIN_S = 30  # a loaded 2-CPU machine; a 12-megapixel JPEG takes ~0.3 s to process
 BOMB_FAILS_WITHIN_S = 10
 # Latency per forwarded read on the worker's Swift proxy: a job then takes seconds, long enough to signal.
 SLOW_STORAGE_MS = 400
