@@ -127,6 +127,10 @@ def send_object(
     return response
 
 
+# How a rendition is named in file names and messages (its storage name is shorter).
+RENDITION_LABELS = {"thumb": "thumbnail", "preview": "preview"}
+
+
 @dataclass(frozen=True)
 class Deliverable:
     """A stored object to answer with: the original of a photo, or one of its renditions."""
@@ -166,9 +170,6 @@ def rendition_of(photo: Photo, name: str) -> Deliverable:
         etag=found.etag,
         filename=f"photo-{photo.id}-{RENDITION_LABELS.get(name, name)}{found.extension}",
     )
-
-
-RENDITION_LABELS = {"thumb": "thumbnail", "preview": "preview"}
 
 
 def deliver_image(

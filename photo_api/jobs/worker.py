@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .queue import QUEUE_NAME
-from .renditions import JobContext, TransientJobError, process_photo
+from .renditions import JobContext, process_photo
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,8 @@ def _current() -> JobContext:
 
 
 def renditions_job(photo_id: int) -> str:
-    """The RQ job: the renditions of one photo (TransientJobError makes RQ retry it after its backoff)."""
-    try:
-        return process_photo(_current(), photo_id)
-    except TransientJobError:
-        raise
+    """The RQ job: the renditions of one photo (a TransientJobError it raises makes RQ retry it after its backoff)."""
+    return process_photo(_current(), photo_id)
 
 
 def worker_class() -> type[Any]:
