@@ -8,6 +8,7 @@ plain values and collaborators as arguments, and the views reach them through `a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -24,7 +25,12 @@ from .clients import CdnTokens, LogShipper, build_cdn_tokens, build_log_shipper
 from .config import ConfigError, Settings, load_settings, problem
 from .db import Database
 from .health import DatabaseProbe
+from .jobs.events import JobEvents
+from .jobs.local import native_offload
+from .jobs.queue import JobQueue, LocalQueue, RedisQueue, RetryPolicy
+from .jobs.renditions import JobContext, process_photo
 from .logs import configure_logging
+from .media import JPEG, WEBP
 from .resilience import Bulkhead, ConnectGate, LogEvents, Policies
 from .security import Passwords, Tokens
 from .storage import LocalStorage, Storage, SwiftStorage
@@ -53,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     storage = build_storage(settings, policies)
     shipper = _log_shipper(settings, policies)
     collaborators = Collaborators(
+        jobs=build_jobs(settings, db, storage),
         db=db,
         storage=storage,
         cdn=_cdn(settings, policies),
@@ -125,6 +132,43 @@ def _require_explicit(settings: Settings) -> None:
 def _secret(settings: Settings) -> str:
     assert settings.jwt_secret_key is not None, "checked by _require_explicit"
     return settings.jwt_secret_key.get_secret_value()
+
+
+def job_context(
+    settings: Settings, db: Database, storage: Storage, *, events: JobEvents | None = None, offload: bool = False
+) -> JobContext:
+    """What a job needs; `offload` moves the CPU-heavy step to a native thread (inside a gevent app process)."""
+    context = JobContext(
+        db=db,
+        storage=storage,
+        encoding=JPEG if settings.rendition_format == "jpeg" else WEBP,
+        max_pixels=settings.media_max_pixels,
+        max_attempts=settings.job_max_attempts,
+        events=events or metrics.JobMetrics(),
+    )
+    return dataclasses.replace(context, offload=native_offload()) if offload else context
+
+
+def job_retry_policy(settings: Settings) -> RetryPolicy:
+    """How the Redis queue retries a job: JOB_MAX_ATTEMPTS, JOB_RETRY_BASE_DELAY, JOB_TIMEOUT."""
+    return RetryPolicy(
+        max_attempts=settings.job_max_attempts,
+        base_delay_s=settings.job_retry_base_delay,
+        timeout_s=settings.job_timeout,
+    )
+
+
+def build_jobs(settings: Settings, db: Database, storage: Storage, *, in_app: bool = True) -> JobQueue:
+    """Where photos go for their renditions: the Redis queue (REDIS_URL), else a runner in this process.
+
+    `in_app`: the runner lives in an app process, possibly under gevent (its CPU work is then offloaded
+    to a native thread); the reaper's runner is a plain command-line process.
+    """
+    events = metrics.JobMetrics()
+    if settings.redis_url is not None:
+        return RedisQueue(settings.redis_url, job_retry_policy(settings), timeout=settings.redis_timeout, events=events)
+    context = job_context(settings, db, storage, events=events, offload=in_app)
+    return LocalQueue(lambda photo_id: process_photo(context, photo_id), events=events)
 
 
 def build_database(settings: Settings) -> Database:

@@ -1,4 +1,4 @@
-"""The `photo-api` command line: serve, db upgrade/current, check-config, reap-uploads."""
+"""The `photo-api` command line: serve, worker, db upgrade/current, check-config, reap-uploads."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
 from . import metrics, migrate
 from .config import ConfigError, Settings, bootstrap_development, development_defaults, load_settings
+
+QUEUE_DEPTH_TIMEOUT_S = 0.5  # the worker's metrics read the queue's depth at scrape time
 
 
 def _settings_or_exit() -> Settings:
@@ -123,30 +126,80 @@ def serve(bind: str | None, workers: int | None) -> None:
 @main.command("reap-uploads")
 @click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True, help="rows per transaction")
 def reap_uploads(batch: int) -> None:
-    """Remove expired pending uploads and retry failed object deletions; safe on every instance at once.
+    """Remove expired pending uploads, retry failed object deletions, enqueue photos still waiting for processing.
 
-    Prints one JSON line: expired_uploads_removed, deletions_retried (recorded deletions done now) and
-    deletions_failed (still failing; retried by a later run with backoff). Exits 1 only when the run broke off.
+    Safe on every instance at once. Prints one JSON line: expired_uploads_removed, deletions_retried
+    (recorded deletions done now), deletions_failed (still failing; retried by a later run with backoff),
+    processing_enqueued (photos whose renditions job was never enqueued, or was enqueued more than
+    PROCESSING_STALE_SECONDS ago and is still pending) and processing_not_enqueued (the queue refused; the
+    next run tries again). Without REDIS_URL the jobs run in this command before it exits. Exits 1 only
+    when the run broke off.
     """
     # Imported here: the other commands need neither the database engine nor the storage backend.
-    from .app import build_database, build_storage
-    from .logs import JsonFormatter
+    from datetime import timedelta
+
+    from .app import build_database, build_jobs, build_storage
+    from .jobs.submit import requeue_waiting
     from .models import utcnow
     from .services import uploads
 
     settings = development_defaults(_settings_or_exit())
     # Logs go to stderr as JSON lines, so that stdout carries only the summary a timer or script parses.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter({"service": settings.app_name, "command": "reap-uploads"}))
-    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    _log_json(settings, "reap-uploads", sys.stderr)
     db = build_database(settings)
+    storage = build_storage(settings)
     session = db.session()
+    jobs = build_jobs(settings, db, storage, in_app=False)
     try:
-        result = uploads.reap(session, build_storage(settings), now=utcnow(), batch=batch)
+        result = dataclasses.asdict(uploads.reap(session, storage, now=utcnow(), batch=batch))
+        enqueued, refused = requeue_waiting(
+            session, jobs, now=utcnow(), stale_after=timedelta(seconds=settings.processing_stale_seconds), batch=batch
+        )
+        result.update(processing_enqueued=enqueued, processing_not_enqueued=refused)
+        jobs.close(timeout=settings.job_timeout * max(1, enqueued))  # local jobs: run them before exiting
     except Exception:
         logging.getLogger("photo_api.cli").exception("reap-uploads failed")
         sys.exit(1)
     finally:
         session.close()
         db.dispose()
-    click.echo(json.dumps(dataclasses.asdict(result)))
+    click.echo(json.dumps(result))
+
+
+@main.command("worker")
+@click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True, help="worker processes")
+@click.option("--burst", is_flag=True, help="exit once the queue is empty (tests, one-off catch-up)")
+def worker(processes: int, burst: bool) -> None:
+    """Run background jobs (renditions and metadata) from the Redis queue until SIGTERM.
+
+    Needs REDIS_URL. SIGTERM lets each process finish the job in hand, then exit 0 (a second SIGTERM
+    stops at once; the interrupted job runs again later). Metrics on METRICS_BIND_HOST:WORKER_METRICS_PORT.
+    Logs are JSON lines on stdout.
+    """
+    from .app import build_database, build_storage, job_context
+    from .jobs import worker as job_worker
+    from .jobs.queue import queue_depth_reader
+
+    settings = development_defaults(_settings_or_exit())
+    redis_url = settings.redis_url
+    if redis_url is None:
+        click.echo("worker: REDIS_URL is not set; without it jobs run inside the API processes", err=True)
+        sys.exit(1)
+    _log_json(settings, "worker", sys.stdout)
+    if settings.metrics_enabled:
+        # prometheus_client picks multiprocess mode when first imported: the variable must be there first.
+        directory = metrics.export_multiproc_dir(settings)
+        metrics.serve_worker_metrics(
+            settings, directory, queue_depth=queue_depth_reader(redis_url, QUEUE_DEPTH_TIMEOUT_S)
+        )
+    # Built lazily in each worker process, on its first job: nothing crosses a fork.
+    job_worker.configure(lambda: job_context(settings, build_database(settings), build_storage(settings)))
+    job_worker.run(redis_url, processes=processes, burst=burst)
+
+
+def _log_json(settings: Settings, command: str, stream: Any) -> None:
+    from .logs import JsonFormatter
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter({"service": settings.app_name, "command": command}))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)

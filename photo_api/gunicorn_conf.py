@@ -18,9 +18,13 @@ from typing import Any
 
 from photo_api import lifecycle, metrics
 from photo_api.config import load_settings
+from photo_api.jobs.queue import queue_depth_reader
 
 _settings = load_settings()
-_master = metrics.MasterRuntime.build(_settings)  # plain values: nothing is claimed until on_starting
+# The job queue's depth for the backlog alert, read at scrape time (jobs.queue imports nothing of the project).
+QUEUE_DEPTH_TIMEOUT_S = 0.5
+_queue_depth = queue_depth_reader(_settings.redis_url, QUEUE_DEPTH_TIMEOUT_S) if _settings.redis_url else None
+_master = metrics.MasterRuntime.build(_settings, queue_depth=_queue_depth)  # nothing is claimed until on_starting
 
 bind = [_settings.bind]
 worker_class = "gevent"
@@ -83,6 +87,7 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 LOG_FLUSH_ON_EXIT_S = 5.0
+LOCAL_JOBS_ON_EXIT_S = 5.0
 
 
 def post_worker_init(worker: Any) -> None:
@@ -101,6 +106,8 @@ def post_worker_init(worker: Any) -> None:
     if shipper is not None:
         # First, so that the lines the other hooks log still reach Log & Crash; bounded (TimeoutStopSec budget).
         lifecycle.worker_shutdown.add("log queue", lambda: shipper.close(timeout=LOG_FLUSH_ON_EXIT_S))
+    # Local jobs (no REDIS_URL) in hand get a few seconds; the rest are found again by the reaper.
+    lifecycle.worker_shutdown.add("local jobs", lambda: app.jobs.close(timeout=LOCAL_JOBS_ON_EXIT_S))
     lifecycle.worker_shutdown.add("database pool", app.db.dispose)
 
 

@@ -13,6 +13,10 @@ ALLOWED_IMAGE_TYPES = {
     "image/png": ".png",
     "image/webp": ".webp",
     "image/gif": ".gif",
+    # HEIF stills, as phones write them (the replaced service accepted them); browsers other than Safari
+    # cannot show them, which is what the renditions are for.
+    "image/heic": ".heic",
+    "image/heif": ".heif",
 }
 
 # How far into a file the type check may read. A JPEG's frame header (what proves it is a picture)
@@ -33,6 +37,14 @@ _GIF_BLOCKS = frozenset({0x21, 0x2C, 0x3B})
 _VP8_START_CODE = b"\x9d\x01\x2a"
 _VP8L_SIGNATURE = 0x2F
 _VP8X_CHUNK_SIZE = 10
+# HEIF (ISO/IEC 23008-12) is an ISO base media file: an `ftyp` box of brands first, then for a still
+# image the `meta` box that describes its items. HEVC-coded image brands make it HEIC; the generic
+# image brand `mif1` alone is plain HEIF. AVIF uses `mif1` too, with its own brand: not accepted.
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis"})
+_HEIF_BRANDS = frozenset({b"mif1"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_FTYP_MIN_SIZE = 16  # size, "ftyp", major brand, minor version
+_FTYP_MAX_SIZE = 4096  # a real one lists a handful of brands
 
 MAX_FILENAME_LENGTH = 255
 # A longer "extension" is really part of the name; cutting it off whole would lose more than it saves.
@@ -69,6 +81,8 @@ def sniff_image_type(head: bytes) -> str | None:
         return "image/gif" if _is_gif(head) else None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp" if _is_webp(head) else None
+    if head[4:8] == b"ftyp":
+        return _heif_type(head)
     return None
 
 
@@ -137,6 +151,26 @@ def _is_webp(head: bytes) -> bool:
     if kind == b"VP8L":
         return size >= 5 and head[20] == _VP8L_SIGNATURE
     return kind == b"VP8X" and size == _VP8X_CHUNK_SIZE
+
+
+def _heif_type(head: bytes) -> str | None:
+    # ftyp: size, "ftyp", major brand, minor version, then compatible brands of four bytes each.
+    size = int.from_bytes(head[0:4], "big")
+    if not _FTYP_MIN_SIZE <= size <= _FTYP_MAX_SIZE or (size - _FTYP_MIN_SIZE) % 4 or len(head) < size + 8:
+        return None
+    brands = {head[8:12]} | {head[at : at + 4] for at in range(_FTYP_MIN_SIZE, size, 4)}
+    if head[size + 4 : size + 8] != b"meta" or int.from_bytes(head[size : size + 4], "big") < 12:
+        return None  # no item description: a video or a truncated file, not a still image
+    if brands & _HEIC_BRANDS:
+        return "image/heic"
+    if brands & _HEIF_BRANDS and not brands & _AVIF_BRANDS:
+        return "image/heif"
+    return None
+
+
+def rendition_key(owner_id: int, photo_id: int, name: str, extension: str) -> str:
+    """The storage key of one rendition of a photo: fixed by the photo, so a job run twice overwrites, never adds."""
+    return f"r/{owner_id}/{photo_id}/{name}{extension}"
 
 
 def sanitize_filename(name: str | None) -> str:

@@ -12,10 +12,12 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -78,6 +80,18 @@ class PhotoStatus(enum.StrEnum):
     READY = "ready"
 
 
+class ProcessingStatus(enum.StrEnum):
+    """Where a ready photo's renditions and metadata are: the background job's state, shown to the owner."""
+
+    PENDING = "pending"  # waiting for (or in) the job; also every photo stored before renditions existed
+    READY = "ready"  # renditions stored, metadata read
+    FAILED = "failed"  # given up: `processing_error` says why (a decompression bomb, undecodable bytes, ...)
+
+
+def _enum_values(e: type[enum.StrEnum]) -> list[str]:
+    return [m.value for m in e]
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -95,9 +109,12 @@ class Photo(Base):
     __tablename__ = "photos"
     __table_args__ = (
         CheckConstraint("file_size >= 0", name="file_size_non_negative"),
-        # The list query: the caller's ready photos, newest first.
+        # The list query: the caller's ready photos, newest first (or by the time they were taken).
         Index("ix_photos_owner_status_created", "owner_id", "status", "created_at", "id"),
+        Index("ix_photos_owner_status_taken", "owner_id", "status", "taken_at", "id"),
         Index("ix_photos_status_upload_expires", "status", "upload_expires_at"),
+        # The reaper's query: photos whose job was never enqueued, or long ago.
+        Index("ix_photos_processing_enqueued", "processing_status", "processing_enqueued_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -115,13 +132,56 @@ class Photo(Base):
             name="photo_status",
             native_enum=False,
             length=16,
-            values_callable=lambda e: [m.value for m in e],
+            values_callable=_enum_values,
         ),
         default=PhotoStatus.READY,
     )
     upload_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    # The background job (photo_api/jobs): renditions and metadata. A row of an older release gets the
+    # server default, so the reaper enqueues it too.
+    processing_status: Mapped[ProcessingStatus] = mapped_column(
+        Enum(
+            ProcessingStatus,
+            name="processing_status",
+            native_enum=False,
+            length=16,
+            values_callable=_enum_values,
+        ),
+        default=ProcessingStatus.PENDING,
+        server_default=ProcessingStatus.PENDING.value,
+    )
+    processing_error: Mapped[str | None] = mapped_column(String(255))
+    processing_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    processing_enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: not handed to a queue
+    thumbhash: Mapped[str | None] = mapped_column(String(64))  # base64 of the ThumbHash (at most 25 bytes)
+    rendition_type: Mapped[str | None] = mapped_column(String(32))  # content type of the renditions
+    thumbnail_size: Mapped[int | None] = mapped_column(BigInteger)
+    thumbnail_etag: Mapped[str | None] = mapped_column(String(64))
+    preview_size: Mapped[int | None] = mapped_column(BigInteger)
+    preview_etag: Mapped[str | None] = mapped_column(String(64))
+
+    # What the original's metadata says (photo_api/media/metadata.py); None where it says nothing.
+    width: Mapped[int | None] = mapped_column(Integer)  # upright: after the EXIF orientation
+    height: Mapped[int | None] = mapped_column(Integer)
+    orientation: Mapped[int | None] = mapped_column(SmallInteger)
+    taken_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    taken_at_offset_minutes: Mapped[int | None] = mapped_column(SmallInteger)  # None: no offset recorded
+    camera_make: Mapped[str | None] = mapped_column(String(64))
+    camera_model: Mapped[str | None] = mapped_column(String(64))
+    # Private to the owner: never in a public answer.
+    gps_latitude: Mapped[float | None] = mapped_column(Float)
+    gps_longitude: Mapped[float | None] = mapped_column(Float)
+    gps_altitude: Mapped[float | None] = mapped_column(Float)
+    # The original carries EXIF or XMP (camera, place, ...): a public copy must lose it. None: not read yet.
+    has_embedded_metadata: Mapped[bool | None] = mapped_column(Boolean)
+
+    @property
+    def has_location(self) -> bool:
+        """The original records where it was taken."""
+        return self.gps_latitude is not None and self.gps_longitude is not None
 
 
 class Album(Base):

@@ -206,3 +206,101 @@ def upload(
     form: dict[str, Any] = dict(fields)
     form["file"] = (io.BytesIO(data), filename, content_type)
     return client.post("/photos", headers=headers, data=form, content_type="multipart/form-data")
+
+
+# --- photos with EXIF, made with Pillow (renditions, metadata) --------------------------------------
+
+# EXIF tags the photo builders write (the same numbers photo_api/media/metadata.py reads).
+EXIF_MAKE, EXIF_MODEL, EXIF_ORIENTATION = 0x010F, 0x0110, 0x0112
+EXIF_IFD, GPS_IFD = 0x8769, 0x8825
+EXIF_DATETIME_ORIGINAL, EXIF_OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
+
+
+def photo_pixels(width: int, height: int) -> Any:
+    """A photo-like RGB picture: smooth colour gradients with some detail, and a red mark in the top-left
+    corner (so a test can tell which way up a rendition is)."""
+    from PIL import Image, ImageDraw
+
+    base = Image.linear_gradient("L").resize((width, height))
+    other = Image.radial_gradient("L").resize((width, height))
+    picture = Image.merge("RGB", (base, other, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    draw = ImageDraw.Draw(picture)
+    step = max(8, width // 40)
+    for x in range(0, width, step):  # some edges, so the encoders have detail to keep
+        draw.line([(x, 0), (x + height // 3, height)], fill=(40, 40, 40), width=max(1, step // 8))
+    draw.rectangle([0, 0, width // 8, height // 8], fill=(255, 0, 0))
+    return picture
+
+
+def exif_block(
+    *,
+    orientation: int | None = None,
+    taken: str | None = None,
+    offset: str | None = None,
+    gps: tuple[float, float] | None = None,
+    make: str | None = None,
+    model: str | None = None,
+) -> Any:
+    """A Pillow Exif with the given tags (`taken` as EXIF writes it, "2026:05:01 14:03:22")."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[EXIF_ORIENTATION] = orientation
+    if make is not None:
+        exif[EXIF_MAKE] = make
+    if model is not None:
+        exif[EXIF_MODEL] = model
+    details = exif.get_ifd(EXIF_IFD)
+    if taken is not None:
+        details[EXIF_DATETIME_ORIGINAL] = taken
+    if offset is not None:
+        details[EXIF_OFFSET_TIME_ORIGINAL] = offset
+    if gps is not None:
+        latitude, longitude = gps
+        exif.get_ifd(GPS_IFD).update(
+            {1: "N" if latitude >= 0 else "S", 2: _dms(abs(latitude)), 3: "E" if longitude >= 0 else "W"}
+        )
+        exif.get_ifd(GPS_IFD)[4] = _dms(abs(longitude))
+    return exif
+
+
+def _dms(value: float) -> tuple[float, float, float]:
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = round((value - degrees - minutes / 60) * 3600, 4)
+    return (float(degrees), float(minutes), seconds)
+
+
+def photo_jpeg(width: int = 640, height: int = 480, *, quality: int = 90, **exif: Any) -> bytes:
+    """A JPEG photo of `photo_pixels` with an EXIF block (see `exif_block` for the tags)."""
+    out = io.BytesIO()
+    photo_pixels(width, height).save(out, "JPEG", quality=quality, exif=exif_block(**exif).tobytes())
+    return out.getvalue()
+
+
+def photo_heic(width: int = 640, height: int = 480, **exif: Any) -> bytes:
+    """A HEIC photo (HEVC-coded, pillow-heif's encoder) of `photo_pixels` with an EXIF block."""
+    from pillow_heif import from_pillow
+
+    heif = from_pillow(photo_pixels(width, height))
+    out = io.BytesIO()
+    heif.save(out, quality=80, exif=exif_block(**exif).tobytes())
+    return out.getvalue()
+
+
+def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A decompression bomb: a PNG of a few hundred bytes whose header declares `width` x `height` pixels
+    (2.5 gigapixels, 7.5 GB decoded, by default). Its data stops after a few rows: never decoded anyway."""
+    rows = zlib.compress(b"\x00" + b"\x00" * (width * 3), 9) if width <= 100_000 else b""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+
+
+def heif_header(
+    major: bytes = b"mif1", compatible: tuple[bytes, ...] = (b"mif1", b"miaf"), *, then: bytes = b"meta"
+) -> bytes:
+    """The start of an ISO BMFF (HEIF) file: an `ftyp` box with these brands, then the header of a `then` box."""
+    ftyp = b"ftyp" + major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    following = struct.pack(">I", 12 + 21) + then + b"\x00" * 25
+    return struct.pack(">I", len(ftyp) + 4) + ftyp + following

@@ -233,6 +233,19 @@ BAD_ENVIRONMENTS = [
     pytest.param({"DATABASE_URL": "mysql://db/photos"}, "DATABASE_URL", "postgresql", id="db-url-mysql"),
     pytest.param({"DATABASE_URL": "postgresql://u@db:notaport/x"}, "DATABASE_URL", "url", id="db-url-bad-port"),
     pytest.param({"DATABASE_URL": "postgresql"}, "DATABASE_URL", "url", id="db-url-not-a-url"),
+    # the job queue (the media pipeline)
+    pytest.param({"REDIS_URL": "http://cache:6379"}, "REDIS_URL", "redis://", id="redis-url-scheme"),
+    pytest.param({"REDIS_URL": "redis://"}, "REDIS_URL", "host", id="redis-url-no-host"),
+    pytest.param({"REDIS_URL": "unix://"}, "REDIS_URL", "path", id="redis-url-unix-no-path"),
+    pytest.param({"REDIS_URL": "redis://cache:port/0"}, "REDIS_URL", "valid", id="redis-url-bad-port"),
+    pytest.param(
+        {"JOB_TIMEOUT": "600", "PROCESSING_STALE_SECONDS": "600"},
+        "PROCESSING_STALE_SECONDS",
+        "job_timeout",
+        id="stale-not-above-job-timeout",
+    ),
+    pytest.param({"MEDIA_MAX_PIXELS": "200000000"}, "MEDIA_MAX_PIXELS", "178000000", id="pixels-above-pillow"),
+    pytest.param({"RENDITION_FORMAT": "avif"}, "RENDITION_FORMAT", "webp", id="rendition-format"),
 ]
 
 
@@ -338,6 +351,11 @@ def test_development_takes_an_http_public_base_url() -> None:
         load_settings(environ={"PUBLIC_BASE_URL": "http://127.0.0.1:8000"}).public_base_url == "http://127.0.0.1:8000"
     )
     assert load_settings(environ={}).public_base_url is None  # the request's own scheme and host, in development
+
+
+@pytest.mark.parametrize("url", ["redis://10.0.0.5:6379/0", "rediss://:pw@cache.internal/2", "unix:///run/redis.sock"])
+def test_redis_urls_that_load(url: str) -> None:
+    assert load_settings(environ={"REDIS_URL": url}).redis_url == url
 
 
 def test_valid_production_environment_loads() -> None:

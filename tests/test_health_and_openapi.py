@@ -82,7 +82,7 @@ def assert_health_body(body: dict[str, Any], settings: Settings, status: str) ->
     assert body["version"] == settings.app_version
     checks = body["checks"]
     # A draining instance that has never probed has no schema result yet.
-    required = {"database", "object_storage", "cdn"} | (set() if status == "draining" else {"schema"})
+    required = {"database", "object_storage", "cdn", "jobs"} | (set() if status == "draining" else {"schema"})
     assert required <= set(checks) <= required | {"schema"}
     database = checks["database"]
     if status == "draining":
@@ -100,6 +100,9 @@ def assert_health_body(body: dict[str, Any], settings: Settings, status: str) ->
         assert set(checks[name]) >= {"status", "circuit"}, checks[name]
         assert checks[name]["status"] in INFORMATIONAL_STATUSES
         assert checks[name]["circuit"] in CIRCUIT_STATES
+    # The job queue: informational too; without REDIS_URL the jobs run in the app process.
+    assert checks["jobs"]["status"] in INFORMATIONAL_STATUSES, checks["jobs"]
+    assert set(checks["jobs"]) <= {"status", "latency_ms", "queue_depth"}
 
 
 @pytest.mark.parametrize("path", ["/health", "/health/readiness"])

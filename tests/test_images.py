@@ -17,7 +17,7 @@ from photo_api.images import (
     sanitize_filename,
     sniff_image_type,
 )
-from tests.images import jpeg
+from tests.images import heif_header, jpeg, photo_heic
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -55,6 +55,9 @@ IMAGES = [
     (GIF89_1X1, "image/gif"),
     (GIF87_1X1, "image/gif"),
     (WEBP_1X1, "image/webp"),
+    (photo_heic(64, 48), "image/heic"),  # as pillow-heif (libheif) writes it: major brand heic
+    (heif_header(b"mif1", (b"mif1", b"heic")), "image/heic"),  # HEVC-coded, declared by a compatible brand
+    (heif_header(), "image/heif"),  # the generic image brand only
 ]
 
 
@@ -88,6 +91,22 @@ def test_fixtures_are_well_formed() -> None:
 def test_sniffs_real_images(data: bytes, content_type: str) -> None:
     assert sniff_image_type(data) == content_type
     assert sniff_image_type(data[:SNIFF_BYTES]) == content_type
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        heif_header(b"avif", (b"mif1", b"avif")),  # AVIF: HEIF's container, a codec we do not take
+        heif_header(b"mif1", (b"mif1", b"avis")),
+        heif_header(b"isom", (b"isom", b"mp41")),  # an MP4 video
+        heif_header(then=b"moov"),  # a HEIF sequence (a video track), not a still image
+        heif_header(then=b"free"),
+        heif_header()[:20],  # cut inside the ftyp box
+        b"\x00\x00\x00\x08ftyp" + b"\x00" * 40,  # an ftyp box too short to hold a brand
+    ],
+)
+def test_refuses_iso_media_that_is_not_a_heif_still(data: bytes) -> None:
+    assert sniff_image_type(data) is None
 
 
 def test_every_allowed_type_is_sniffable() -> None:

@@ -206,3 +206,18 @@ def test_proxy_access_log_formats_leave_out_credentials() -> None:
     (log_format,) = re.findall(r"^\s*log-format (.*)$", haproxy, flags=re.MULTILINE)
     assert not re.findall(r"%(\{[^}]*\})?(r|HU|HQ)\b", log_format)
     assert "var(txn.log_request)" in log_format
+
+
+def test_worker_unit_drains_the_job_in_hand(example: Settings) -> None:
+    service = _unit("photo-api-worker.service")["Service"]
+    assert service["KillMode"] == ["mixed"]  # SIGTERM to the main process: RQ's warm shutdown
+    assert service["KillSignal"] == ["SIGTERM"]
+    (stop_timeout,) = service["TimeoutStopSec"]
+    assert float(stop_timeout) >= example.job_timeout + STOP_MARGIN_S  # the longest job finishes first
+    (exec_start,) = service["ExecStart"]
+    assert "/photo-api worker" in exec_start
+    assert "PHOTO_API_ENV_FILE=/etc/photo-api/photo-api.env" in service["Environment"]
+    # Not the API's metrics directory, which its master locks.
+    api_dir = [e for e in _unit("photo-api.service")["Service"]["Environment"] if "PROMETHEUS_MULTIPROC_DIR" in e]
+    assert api_dir and api_dir[0] not in service["Environment"]
+    assert example.redis_url is not None and example.processing_stale_seconds > example.job_timeout

@@ -97,6 +97,9 @@ PUBLIC_OPERATIONS = {
     "POST /auth/login",
     "GET /share/{token}",
     "GET /share/{token}/photos/{photo_id}/image",
+    # The renditions of a shared photo: the share token is the credential, as for its image.
+    "GET /share/{token}/photos/{photo_id}/thumbnail",
+    "GET /share/{token}/photos/{photo_id}/preview",
     "PUT /uploads/{key}",  # the signed URL is the credential
 }
 

@@ -214,7 +214,14 @@ def test_cli_prints_a_json_summary(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1
-    assert json.loads(result.stdout) == {"expired_uploads_removed": 1, "deletions_retried": 1, "deletions_failed": 0}
+    assert json.loads(result.stdout) == {
+        "expired_uploads_removed": 1,
+        "deletions_retried": 1,
+        "deletions_failed": 0,
+        # the media pipeline: no ready photo waits for its renditions here (tests/test_media_pipeline.py)
+        "processing_enqueued": 0,
+        "processing_not_enqueued": 0,
+    }
     assert photo_ids(app) == []
     assert stored_bytes(app, key) is None
     assert stored_bytes(app, "u/9/orphan.png") is None

@@ -27,7 +27,15 @@ from tests.test_albums import PAGE_LIMIT_DEFAULT, add_photos, insert_photo, new_
 
 SHARE_KEYS = {"id", "album_id", "token", "is_active", "expires_at", "view_count", "created_at", "share_url"}
 SHARED_ALBUM_KEYS = {"album_name", "album_description", "photo_count", "created_at", "photos"}
-SHARED_PHOTO_KEYS = {"id", "title", "description", "content_type", "file_size", "created_at", "url"}
+SHARED_PHOTO_KEYS = {"id", "title", "description", "content_type", "file_size", "created_at", "url"} | {
+    # the media pipeline: no camera, no location, no EXIF date (docs/api.md, "Public share routes")
+    "processing_status",
+    "thumbhash",
+    "thumbnail_url",
+    "preview_url",
+    "width",
+    "height",
+}
 # token_urlsafe(32): 32 random bytes are 43 base64url characters.
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43,}")
 CONCURRENT_VIEWS = 10

@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from ..clients import CdnTokens, LogShipper
 from ..db import Database
 from ..health import DatabaseProbe
+from ..jobs.queue import JobQueue
 from ..security import Passwords, Tokens
 from ..storage import Storage
 
@@ -56,6 +57,7 @@ class Collaborators:
     probe: DatabaseProbe  # shared by every load balancer probing this worker
     limits: Limits
     identity: Identity
+    jobs: JobQueue  # renditions and metadata: Redis for `photo-api worker`, or this process's runner
     # Not for views: the worker's shutdown (gunicorn_conf) flushes it. None: Log & Crash shipping off.
     log_shipper: LogShipper | None = None
 
@@ -88,6 +90,11 @@ def current_storage() -> Storage:
 def current_cdn() -> CdnTokens | None:
     """The CDN token client, or None when images are always streamed."""
     return _current().cdn
+
+
+def current_jobs() -> JobQueue:
+    """Where photos go to get their renditions and metadata."""
+    return _current().jobs
 
 
 def current_passwords() -> Passwords:

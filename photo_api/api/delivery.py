@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from flask import Response, request
@@ -126,14 +127,63 @@ def send_object(
     return response
 
 
+# How a rendition is named in file names and messages (its storage name is shorter).
+RENDITION_LABELS = {"thumb": "thumbnail", "preview": "preview"}
+
+
+@dataclass(frozen=True)
+class Deliverable:
+    """A stored object to answer with: the original of a photo, or one of its renditions."""
+
+    photo_id: int
+    key: str
+    content_type: str
+    size: int
+    etag: str | None  # None: ask the store (an original of a release that recorded no checksum)
+    filename: str
+
+
+def original_of(photo: Photo, filename: str | None = None) -> Deliverable:
+    """A photo's original (named `filename`, default the owner's original file name)."""
+    return Deliverable(
+        photo_id=photo.id,
+        key=photo.filename,
+        content_type=photo.content_type,
+        size=photo.file_size,
+        etag=photo.checksum,
+        filename=photo.original_filename if filename is None else filename,
+    )
+
+
+def rendition_of(photo: Photo, name: str) -> Deliverable:
+    """One rendition (`thumb` or `preview`) of a photo; NotFoundError (404) while it is not ready."""
+    found = photos.rendition(photo, name)
+    if found is None:
+        raise NotFoundError(
+            f"The {RENDITION_LABELS.get(name, name)} is not ready (processing_status: {photo.processing_status})"
+        )
+    return Deliverable(
+        photo_id=photo.id,
+        key=found.key,
+        content_type=found.content_type,
+        size=found.size,
+        etag=found.etag,
+        filename=f"photo-{photo.id}-{RENDITION_LABELS.get(name, name)}{found.extension}",
+    )
+
+
 def deliver_image(
     photo: Photo, *, token_seconds: int, filename: str | None = None, cache_control: str = "private"
 ) -> Response:
-    """A photo's bytes: 302 to a signed CDN URL when a CDN is configured and answering, else streamed.
+    """A photo's original bytes (see `deliver`); `filename` names the download (default: the owner's file name)."""
+    return deliver(original_of(photo, filename), token_seconds=token_seconds, cache_control=cache_control)
+
+
+def deliver(item: Deliverable, *, token_seconds: int, cache_control: str = "private") -> Response:
+    """A stored object: 302 to a signed CDN URL when a CDN is configured and answering, else streamed.
 
     The CDN is an optimisation, never a dependency: when its token API fails or its circuit is open
-    the image is streamed from storage instead (counted as a fallback). `filename` names the download
-    (default: the owner's original file name; a public share passes a neutral one).
+    the object is streamed from storage instead (counted as a fallback).
     """
     # Bulkhead: the row is loaded; give the DB connection back before any network I/O (CDN token call,
     # storage GET), so a slow or blackholed dependency cannot also exhaust the worker's DB pool.
@@ -141,21 +191,21 @@ def deliver_image(
     cdn, storage = current_cdn(), current_storage()
     if cdn is not None:
         try:
-            url = cdn.signed_url(photo.filename, token_seconds)
+            url = cdn.signed_url(item.key, token_seconds)
         except CdnUnavailableError as exc:
             metrics.fallback("cdn")
-            log.warning("CDN unavailable, streaming instead", extra={"reason": exc.reason, "photo_id": photo.id})
+            log.warning("CDN unavailable, streaming instead", extra={"reason": exc.reason, "photo_id": item.photo_id})
         else:
             metrics.image_delivery("cdn", "ok")
             return Response(status=302, headers={"Location": url, "Cache-Control": CDN_REDIRECT_CACHE_CONTROL})
     try:
         response = send_object(
             storage,
-            key=photo.filename,
-            content_type=photo.content_type,
-            etag=photos.image_etag(storage, photo),
-            size=photo.file_size,
-            filename=photo.original_filename if filename is None else filename,
+            key=item.key,
+            content_type=item.content_type,
+            etag=item.etag or photos.object_etag(storage, item.key),
+            size=item.size,
+            filename=item.filename,
             cache_control=cache_control,
         )
     except Exception as exc:

@@ -20,10 +20,12 @@ def readiness_report(app: Flask) -> health.HealthReport:
     `photo_api_ready` and `photo_api_health_check_status` exist from a worker's first moment.
     """
     found = collaborators_of(app)
-    # Storage and CDN never fail the probe: one broken dependency must not empty the whole fleet.
+    # Storage, CDN and the job queue never fail the probe: one broken dependency must not empty the whole
+    # fleet (uploads still succeed without the queue; their jobs are enqueued later).
     informational = {
         "object_storage": health.storage_status(found.storage),
         "cdn": health.cdn_status(found.cdn),
+        "jobs": found.jobs.status(),
     }
     report = health.readiness(found.probe, draining=lifecycle.is_draining(), informational=informational)
     # Healthy or not, per check; a disabled check (no CDN configured) has no series at all.

@@ -11,15 +11,17 @@ from pydantic import BaseModel, ConfigDict
 from .. import metrics
 from ..errors import PayloadTooLargeError
 from ..images import ALLOWED_IMAGE_TYPES
+from ..jobs.submit import enqueue_photo
+from ..media import PREVIEW, THUMBNAIL
 from ..models import MAX_ID
 from ..services import photos
 from ..services.fields import Description, Title
 from . import multipart
 from .common import auth_required, client_body, current_user, db_session, json_body, query_args, respond
-from .context import current_limits, current_storage
-from .delivery import deliver_image
+from .context import current_jobs, current_limits, current_storage
+from .delivery import deliver, deliver_image, rendition_of
 from .openapi import doc
-from .schemas import Pagination, PhotoOut
+from .schemas import PhotoListQuery, PhotoOut
 
 bp = Blueprint("photos", __name__, url_prefix="/photos")
 
@@ -48,7 +50,7 @@ UPLOAD_BODY: dict[str, Any] = {
                 "type": "object",
                 "required": ["file"],
                 "properties": {
-                    "file": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP or GIF"},
+                    "file": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP, GIF or HEIC/HEIF"},
                     "album_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
                     "title": {"type": "string", "maxLength": 255},
                     "description": {"type": "string", "maxLength": 10_000},
@@ -90,6 +92,8 @@ def upload_photo() -> Response:
             db_session(), current_storage(), owner_id=owner_id, parts=_upload_parts(max_bytes), max_bytes=max_bytes
         )
         attempt.stored(photo.file_size)
+    # After the commit, outside the upload's outcome: a queue that is down only delays the renditions.
+    enqueue_photo(db_session(), current_jobs(), photo.id)
     return respond(PhotoOut.model_validate(photo), 201)
 
 
@@ -105,11 +109,27 @@ def _upload_parts(max_upload_bytes: int) -> Iterator[multipart.Part]:
 
 
 @bp.get("")
-@doc("Your ready photos, newest first", tag="photos", query=Pagination, responses={200: [PhotoOut]})
+@doc(
+    "Your ready photos, newest first (or by the time they were taken)",
+    tag="photos",
+    query=PhotoListQuery,
+    responses={200: [PhotoOut]},
+    description="`sort=taken_at` orders by the EXIF date (photos without one last, in either `order`); "
+    "`taken_after` (inclusive) and `taken_before` (exclusive) keep photos taken in that window.",
+)
 @auth_required
 def list_photos() -> Response:
-    page = query_args(Pagination)
-    found = photos.list_photos(db_session(), owner_id=current_user().id, skip=page.skip, limit=page.limit)
+    query = query_args(PhotoListQuery)
+    found = photos.list_photos(
+        db_session(),
+        owner_id=current_user().id,
+        skip=query.skip,
+        limit=query.limit,
+        sort=query.sort,
+        order=query.order,
+        taken_after=query.taken_after,
+        taken_before=query.taken_before,
+    )
     return respond([PhotoOut.model_validate(p) for p in found])
 
 
@@ -169,3 +189,38 @@ def delete_photo(photo_id: int) -> Response:
 def photo_image(photo_id: int) -> Response:
     photo = photos.get_photo(db_session(), owner_id=current_user().id, photo_id=photo_id)
     return deliver_image(photo, token_seconds=current_limits().image_token_seconds)
+
+
+RENDITION_DESCRIPTION = (
+    "Same answers as `/image` (CDN redirect or streamed, ETag, Range, 304), for the {what}, upright, "
+    "never enlarged, without EXIF or XMP. 404 while `processing_status` is not `ready`: show the `thumbhash` "
+    "meanwhile."
+)
+
+
+@bp.get("/<int:photo_id>/thumbnail")
+@doc(
+    "A photo's thumbnail (about 256 pixels on the long side)",
+    tag="photos",
+    responses={200: IMAGE_RESPONSE, 206: IMAGE_RESPONSE, 304: None},
+    errors=(404, 416),
+    description=RENDITION_DESCRIPTION.format(what="thumbnail"),
+)
+@auth_required
+def photo_thumbnail(photo_id: int) -> Response:
+    photo = photos.get_photo(db_session(), owner_id=current_user().id, photo_id=photo_id)
+    return deliver(rendition_of(photo, THUMBNAIL.name), token_seconds=current_limits().image_token_seconds)
+
+
+@bp.get("/<int:photo_id>/preview")
+@doc(
+    "A photo's preview (about 1440 pixels on the long side)",
+    tag="photos",
+    responses={200: IMAGE_RESPONSE, 206: IMAGE_RESPONSE, 304: None},
+    errors=(404, 416),
+    description=RENDITION_DESCRIPTION.format(what="preview"),
+)
+@auth_required
+def photo_preview(photo_id: int) -> Response:
+    photo = photos.get_photo(db_session(), owner_id=current_user().id, photo_id=photo_id)
+    return deliver(rendition_of(photo, PREVIEW.name), token_seconds=current_limits().image_token_seconds)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -59,6 +60,15 @@ class Pagination(BaseModel):
     limit: int = Field(default=PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX)
 
 
+class PhotoListQuery(Pagination):
+    sort: Literal["created_at", "taken_at"] = Field(
+        default="created_at", description="upload time, or when the photo was taken (photos without come last)"
+    )
+    order: Literal["desc", "asc"] = "desc"
+    taken_after: AwareDatetime | None = Field(default=None, description="taken at or after (ISO 8601 with zone)")
+    taken_before: AwareDatetime | None = Field(default=None, description="taken before (ISO 8601 with zone)")
+
+
 Username = Annotated[str, StringConstraints(min_length=3, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 
@@ -102,6 +112,7 @@ class TokenOut(BaseModel):
 class CheckOut(BaseModel):
     status: str
     latency_ms: float | None = None
+    queue_depth: int | None = Field(default=None, description="jobs: jobs waiting (queued or scheduled for a retry)")
     circuit: Literal["closed", "open", "half_open"] | None = None
     current: str | None = Field(default=None, description="schema: the database's revision (absent: not migrated)")
     expected: str | None = Field(default=None, description="schema: the newest revision this version knows")
@@ -122,8 +133,40 @@ class LivenessOut(BaseModel):
     version: str
 
 
-class PhotoOut(Response):
+ProcessingStatusOut = Literal["pending", "ready", "failed"]
+
+
+class Location(BaseModel):
+    """Where the photo was taken, from its GPS tags: shown to its owner only."""
+
+    latitude: float
+    longitude: float
+    altitude: float | None = Field(default=None, description="metres above sea level")
+
+
+def _offset_text(minutes: int | None) -> str | None:
+    if minutes is None:
+        return None
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+class _Rendered(Response):
+    """What every view of a photo carries about its processing: state, placeholder, renditions, size."""
+
     id: int
+    processing_status: ProcessingStatusOut = Field(
+        description="pending: renditions and metadata not made yet; ready; failed (see processing_error)"
+    )
+    thumbhash: str | None = Field(description="ThumbHash placeholder, base64 (~25 bytes); null until ready")
+    width: int | None = Field(description="pixels, upright (after the EXIF orientation); null until ready")
+    height: int | None
+
+    def _rendition_url(self, prefix: str, name: str) -> str | None:
+        return f"{prefix}/photos/{self.id}/{name}" if self.processing_status == "ready" else None
+
+
+class PhotoOut(_Rendered):
     owner_id: int
     filename: str
     original_filename: str
@@ -133,12 +176,49 @@ class PhotoOut(Response):
     description: str | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+    processing_error: str | None = Field(description="why processing failed, for the owner")
+    taken_at: UtcDatetime | None = Field(
+        description="EXIF DateTimeOriginal in UTC; without `taken_at_offset` it is the camera's clock read as UTC"
+    )
+    taken_at_offset_minutes: int | None = Field(exclude=True)
+    camera_make: str | None
+    camera_model: str | None
+    orientation: int | None = Field(description="the EXIF orientation (1-8) of the original; renditions are upright")
+    gps_latitude: float | None = Field(exclude=True)
+    gps_longitude: float | None = Field(exclude=True)
+    gps_altitude: float | None = Field(exclude=True)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def url(self) -> str:
         """Always the API path: never a storage or CDN URL, which expire and move."""
         return f"/photos/{self.id}/image"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def thumbnail_url(self) -> str | None:
+        """The ~256-pixel rendition (API path); null until processing is ready."""
+        return self._rendition_url("", "thumbnail")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def preview_url(self) -> str | None:
+        """The ~1440-pixel rendition (API path); null until processing is ready."""
+        return self._rendition_url("", "preview")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def taken_at_offset(self) -> str | None:
+        """The camera's UTC offset when the photo was taken (e.g. +09:00); null when it did not record one."""
+        return _offset_text(self.taken_at_offset_minutes)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def location(self) -> Location | None:
+        """GPS position from the original's EXIF: only ever in the owner's own views."""
+        if self.gps_latitude is None or self.gps_longitude is None:
+            return None
+        return Location(latitude=self.gps_latitude, longitude=self.gps_longitude, altitude=self.gps_altitude)
 
 
 class AlbumOut(Response):
@@ -167,16 +247,55 @@ class ShareLinkOut(Response):
     share_url: str
 
 
-class SharedPhotoOut(BaseModel):
-    """A photo as the public sees it: no owner, no original filename."""
+class SharedPhotoOut(_Rendered):
+    """A photo as the public sees it: no owner, no original filename, no camera, no location, no EXIF date."""
 
-    id: int
+    model_config = ConfigDict(from_attributes=True)
+
     title: str | None
     description: str | None
     content_type: str
     file_size: int
     created_at: UtcDatetime
     url: str
+    token: str = Field(exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def thumbnail_url(self) -> str | None:
+        """The thumbnail through the share link; null until processing is ready."""
+        return self._rendition_url(f"/share/{self.token}", "thumbnail")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def preview_url(self) -> str | None:
+        """The preview through the share link; null until processing is ready."""
+        return self._rendition_url(f"/share/{self.token}", "preview")
+
+
+def shared_photo_out(photo: Any, token: str) -> SharedPhotoOut:
+    """A photo of a shared album as the public sees it."""
+    return SharedPhotoOut.model_validate(
+        {
+            **{name: getattr(photo, name) for name in _SHARED_FIELDS},
+            "url": f"/share/{token}/photos/{photo.id}/image",
+            "token": token,
+        }
+    )
+
+
+_SHARED_FIELDS = (
+    "id",
+    "title",
+    "description",
+    "content_type",
+    "file_size",
+    "created_at",
+    "processing_status",
+    "thumbhash",
+    "width",
+    "height",
+)
 
 
 class SharedAlbumOut(BaseModel):

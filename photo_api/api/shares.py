@@ -10,13 +10,14 @@ from pydantic import Field
 
 from .. import metrics
 from ..images import ALLOWED_IMAGE_TYPES
+from ..media import PREVIEW, THUMBNAIL
 from ..models import ShareLink
 from ..services import shares
 from .common import auth_required, current_user, db_session, json_body, public_base_url, query_args, respond
 from .context import current_limits
-from .delivery import deliver_image
+from .delivery import deliver, deliver_image, rendition_of
 from .openapi import doc
-from .schemas import Pagination, Request, SharedAlbumOut, SharedPhotoOut, ShareLinkOut
+from .schemas import Pagination, Request, SharedAlbumOut, ShareLinkOut, shared_photo_out
 
 bp = Blueprint("shares", __name__)
 
@@ -110,18 +111,7 @@ def view_shared_album(token: str) -> Response:
     if page.skip == 0:
         metrics.share_view()
     album = shared.album
-    shared_photos = [
-        SharedPhotoOut(
-            id=p.id,
-            title=p.title,
-            description=p.description,
-            content_type=p.content_type,
-            file_size=p.file_size,
-            created_at=p.created_at,
-            url=f"/share/{token}/photos/{p.id}/image",
-        )
-        for p in shared.photos
-    ]
+    shared_photos = [shared_photo_out(p, token) for p in shared.photos]
     return respond(
         SharedAlbumOut(
             album_name=album.name,
@@ -148,5 +138,39 @@ def shared_photo_image(token: str, photo_id: int) -> Response:
         token_seconds=current_limits().share_image_token_seconds,
         # The public never learns the owner's file name (it may say more than the owner chose to share).
         filename=f"photo-{photo.id}{ALLOWED_IMAGE_TYPES.get(photo.content_type, '')}",
+        cache_control=SHARED_IMAGE_CACHE_CONTROL,
+    )
+
+
+@bp.get("/share/<token>/photos/<int:photo_id>/thumbnail")
+@doc(
+    "The thumbnail of a photo of a shared album",
+    tag="public",
+    responses={200: IMAGE_RESPONSE, 206: IMAGE_RESPONSE, 304: None},
+    errors=(404, 410, 416),
+    description="As `/image`; 404 also while the photo's processing is not ready.",
+)
+def shared_photo_thumbnail(token: str, photo_id: int) -> Response:
+    photo = shares.shared_photo(db_session(), token, photo_id)
+    return deliver(
+        rendition_of(photo, THUMBNAIL.name),
+        token_seconds=current_limits().share_image_token_seconds,
+        cache_control=SHARED_IMAGE_CACHE_CONTROL,
+    )
+
+
+@bp.get("/share/<token>/photos/<int:photo_id>/preview")
+@doc(
+    "The preview of a photo of a shared album",
+    tag="public",
+    responses={200: IMAGE_RESPONSE, 206: IMAGE_RESPONSE, 304: None},
+    errors=(404, 410, 416),
+    description="As `/image`; 404 also while the photo's processing is not ready.",
+)
+def shared_photo_preview(token: str, photo_id: int) -> Response:
+    photo = shares.shared_photo(db_session(), token, photo_id)
+    return deliver(
+        rendition_of(photo, PREVIEW.name),
+        token_seconds=current_limits().share_image_token_seconds,
         cache_control=SHARED_IMAGE_CACHE_CONTROL,
     )

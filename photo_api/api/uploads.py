@@ -10,11 +10,12 @@ from pydantic import BaseModel, Field, StringConstraints
 from .. import metrics
 from ..errors import UnauthorizedError
 from ..images import ALLOWED_IMAGE_TYPES
+from ..jobs.submit import enqueue_photo
 from ..models import MAX_ID
 from ..services import uploads
 from ..services.fields import Description, Title
 from .common import auth_required, client_body, current_user, db_session, json_body, public_base_url, respond
-from .context import current_limits, current_storage
+from .context import current_jobs, current_limits, current_storage
 from .openapi import doc
 from .schemas import PhotoOut, Request
 
@@ -73,7 +74,7 @@ class UploadVerifier(Protocol):
         "The photo stays pending (not listed, not in album listings) until `POST /photos/confirm`. "
         "Send the file with `upload_method` to `upload_url` with `upload_headers` before `expires_in` "
         "seconds have passed; an unconfirmed upload is removed after that by the reaper. "
-        "422 for a type other than JPEG, PNG, WebP or GIF, or a size above MAX_UPLOAD_BYTES; "
+        "422 for a type other than JPEG, PNG, WebP, GIF, HEIC or HEIF, or a size above MAX_UPLOAD_BYTES; "
         "404 when `album_id` is not one of the caller's albums; 429 with `Retry-After` when the caller "
         "already has MAX_PENDING_UPLOADS_PER_USER uploads pending, or their declared sizes plus this one "
         "would pass MAX_PENDING_UPLOAD_BYTES_PER_USER (confirm them, or wait until they expire)."
@@ -138,6 +139,8 @@ def confirm() -> Response:
             max_upload_bytes=current_limits().max_upload_bytes,
         )
         attempt.stored(photo.file_size)
+    if photo.processing_status == "pending" and photo.processing_enqueued_at is None:
+        enqueue_photo(db_session(), current_jobs(), photo.id)  # media pipeline (a repeated confirm enqueues nothing)
     return respond(PhotoOut.model_validate(photo))
 
 

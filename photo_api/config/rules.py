@@ -111,6 +111,32 @@ def _rule_database_url(s: Settings) -> Iterable[ConfigProblem]:
         yield problem("database_url", "must be a postgresql:// or sqlite:// URL")
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _rule_redis_url(s: Settings) -> Iterable[ConfigProblem]:
+    if s.redis_url is None:
+        return
+    try:
+        parts = urlsplit(s.redis_url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        yield problem("redis_url", "is not a valid Redis URL (e.g. redis://10.0.0.5:6379/0)")
+        return
+    if parts.scheme not in REDIS_SCHEMES:
+        yield problem("redis_url", "must be a redis://, rediss:// or unix:// URL")
+    elif parts.scheme == "unix" and not parts.path:
+        yield problem("redis_url", "a unix:// URL needs the socket's path (unix:///run/redis/redis.sock)")
+    elif parts.scheme != "unix" and not parts.hostname:
+        yield problem("redis_url", "needs a host (redis://host:6379/0)")
+
+
+def _rule_jobs(s: Settings) -> Iterable[ConfigProblem]:
+    # A job still running must not look lost: the reaper would enqueue it again while it runs.
+    if s.processing_stale_seconds <= s.job_timeout:
+        yield problem("processing_stale_seconds", f"must be longer than JOB_TIMEOUT ({s.job_timeout}s)")
+
+
 def _rule_production_database(s: Settings) -> Iterable[ConfigProblem]:
     if s.is_production and (s.database_url is None or s.is_sqlite):
         yield problem("database_url", "production needs PostgreSQL (SQLite is for development only)")
@@ -261,8 +287,8 @@ def _rule_service_retries(service: Service) -> Callable[[Settings], Iterable[Con
 def _rule_urls(s: Settings) -> Iterable[ConfigProblem]:
     for name in URL_FIELDS:
         value = getattr(s, name)
-        if name == "database_url":
-            continue  # _rule_database_url
+        if name in ("database_url", "redis_url"):
+            continue  # _rule_database_url, _rule_redis_url
         if value and not _is_http_url(value):
             yield problem(name, "must be an http:// or https:// URL with a host")
 
@@ -285,6 +311,8 @@ RULES: list[Rule] = [
     (("environment", "password_hash_memory_kib", "password_hash_time_cost"), _rule_password_hash),
     (("database_url",), _rule_database_url),
     (("environment", "database_url"), _rule_production_database),
+    (("redis_url",), _rule_redis_url),
+    (("processing_stale_seconds", "job_timeout"), _rule_jobs),
     (("environment", "debug"), _rule_debug),
     (("environment", "disable_psycogreen"), _rule_psycogreen),
     (("environment", "storage_backend", "local_storage_dir"), _rule_local_storage),

@@ -37,6 +37,7 @@ URL_FIELDS = (
     "nhn_cdn_api_url",
     "nhn_log_url",
     "prometheus_pushgateway_url",
+    "redis_url",
 )
 
 # The retry and breaker values, with their ranges: declared once, for the global settings and for each
@@ -166,6 +167,28 @@ class Settings(BaseSettings):
     storage_max_concurrency: int = Field(default=20, ge=1, le=10_000)
     storage_queue_timeout: float = Field(default=0.5, ge=0, le=60)
 
+    # background jobs and media (photo_api/jobs, photo_api/media)
+    # Redis of the job queue; unset: jobs run inside each app process (the embedded default). The same
+    # field (and rule) as the login throttling's Redis.
+    redis_url: str | None = None
+    # Socket timeout of the API's calls to Redis: an enqueue happens inside an upload request.
+    redis_timeout: float = Field(default=1.0, gt=0, le=30)
+    job_max_attempts: int = Field(default=5, ge=1, le=20)
+    # First backoff before a retry; each next one is four times longer (30 s, 2 min, 8 min, 32 min).
+    job_retry_base_delay: int = Field(default=30, ge=1, le=3600)
+    # The longest one run of a job may take before its worker stops it: a 12-megapixel JPEG takes 0.3 s
+    # (ops/bench/RESULTS.md); the rest is room for the largest images and a slow storage.
+    job_timeout: int = Field(default=120, ge=10, le=3600)
+    # A photo whose job was handed to the queue this long ago and is still pending is enqueued again by
+    # `photo-api reap-uploads` (a lost job: Redis restarted, a worker killed).
+    processing_stale_seconds: int = Field(default=1800, ge=11, le=7 * 24 * 3600)
+    # Decompression bombs: an image declaring more pixels is refused from its header. Below Pillow's own
+    # hard limit (twice Image.MAX_IMAGE_PIXELS, 178,956,970), so ours is the one that applies.
+    media_max_pixels: int = Field(default=100_000_000, ge=1_000_000, le=178_000_000)
+    rendition_format: Literal["webp", "jpeg"] = "webp"
+    # Where `photo-api worker` serves its metrics (the API's master serves METRICS_PORT).
+    worker_metrics_port: int = Field(default=9201, ge=1, le=65535)
+
     # cdn
     nhn_cdn_domain: str | None = None
     nhn_cdn_app_key: str | None = None
@@ -247,7 +270,7 @@ class Settings(BaseSettings):
     # Prometheus's scrape interval of the Pushgateway, or the last values are never scraped.
     prometheus_push_linger_seconds: float = Field(default=15, ge=0, le=600)
 
-    @field_validator("environment", "storage_backend", "cdn_token_mode", "log_level", mode="before")
+    @field_validator("environment", "storage_backend", "cdn_token_mode", "log_level", "rendition_format", mode="before")
     @classmethod
     def _case_insensitive(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -281,6 +304,11 @@ class Settings(BaseSettings):
     def is_production(self) -> bool:
         """True when ENVIRONMENT=production."""
         return self.environment == "production"
+
+    @property
+    def uses_redis_jobs(self) -> bool:
+        """True when jobs go through Redis to `photo-api worker` processes, False when they run in-process."""
+        return self.redis_url is not None
 
     @property
     def is_sqlite(self) -> bool:

@@ -19,12 +19,13 @@ This package imports only photo_api.config, photo_api.lifecycle and photo_api.er
 
 from __future__ import annotations
 
-from .catalogue import Catalogue, InstanceCollector
+from .catalogue import Catalogue, InstanceCollector, QueueCollector
 from .directory import AUTO_DIR_PREFIX, MULTIPROC_ENV, default_multiproc_dir, export_multiproc_dir
 from .events import ResilienceMetrics
 from .flask import init_app
 from .master import MasterRuntime
 from .recording import (
+    JobMetrics,
     UploadAttempt,
     delivery_result,
     enable,
@@ -41,13 +42,16 @@ from .recording import (
     upload_result,
     watch_database,
 )
+from .worker import serve_worker_metrics
 
 __all__ = [
     "AUTO_DIR_PREFIX",
     "MULTIPROC_ENV",
     "Catalogue",
     "InstanceCollector",
+    "JobMetrics",
     "MasterRuntime",
+    "QueueCollector",
     "ResilienceMetrics",
     "UploadAttempt",
     "default_multiproc_dir",
@@ -62,6 +66,7 @@ __all__ = [
     "log_queue_depth",
     "registry",
     "render",
+    "serve_worker_metrics",
     "share_view",
     "upload",
     "upload_attempt",

@@ -29,11 +29,19 @@ BREAKER_STATES = ("closed", "open", "half_open")
 BREAKER_STATE_CODES = {"closed": 0, "open": 1, "half_open": 2}
 FALLBACK_SERVICES = ("cdn",)  # cdn: the image was streamed from storage instead of redirected
 OUTCOMES = ("ok", "error", "timeout", "unavailable", "circuit_open", "cancelled")
+JOB_NAMES = ("renditions",)
+# ready/failed: the photo's processing ended; retry: a transient error, run again after a backoff;
+# skipped: nothing to do (already processed, or the photo was deleted).
+JOB_RESULTS = ("ready", "failed", "retry", "skipped")
+ENQUEUE_RESULTS = ("ok", "failed")  # failed: the queue was unavailable; the reaper enqueues the job later
 
 # Request latency: an API answer takes milliseconds, an upload's handler receives the whole body (minutes
 # for a slow client), hence the long tail.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 EXTERNAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A renditions job takes ~0.3 s for a 12-megapixel JPEG (ops/bench/RESULTS.md), seconds for the largest
+# images; JOB_TIMEOUT caps it.
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 def bounded(value: str, allowed: Iterable[str]) -> str:
@@ -188,6 +196,25 @@ class Catalogue:
             "Views of shared albums through a share link",
             registry=r,
         )
+        self.jobs = Counter(
+            "photo_api_jobs_total",
+            "Runs of background jobs by job and result (ready, failed, retry, skipped)",
+            ["job", "result"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "photo_api_job_duration_seconds",
+            "Time one run of a background job took, by job",
+            ["job"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.job_enqueues = Counter(
+            "photo_api_job_enqueues_total",
+            "Jobs handed to the queue (ok) or not, because it was unavailable (failed; the reaper enqueues them)",
+            ["result"],
+            registry=r,
+        )
         # Every series of a bounded vocabulary exists from the start at 0: rate() then sees the first
         # event, and an absent series means "not recorded by this version", never "nothing happened yet".
         for method in UPLOAD_METHODS:
@@ -199,6 +226,12 @@ class Catalogue:
                 self.image_deliveries.labels(path, result)
         for service in FALLBACK_SERVICES:
             self.fallbacks.labels(service)
+        for job in JOB_NAMES:
+            self.job_duration.labels(job)
+            for result in JOB_RESULTS:
+                self.jobs.labels(job, result)
+        for result in ENQUEUE_RESULTS:
+            self.job_enqueues.labels(result)
 
     def watch_service(self, service: str) -> None:
         """Create the series of one dependency (breaker closed, no retries) before its first event."""
@@ -234,4 +267,27 @@ class InstanceCollector:
             "photo_api_draining",
             "1 once the instance was asked to stop (readiness answers 503), else 0",
             value=1 if self.draining() else 0,
+        )
+
+
+class QueueCollector:
+    """`photo_api_job_queue_depth`, asked of the queue at scrape time (absent when the queue does not answer).
+
+    Registered by the processes that serve metrics (the gunicorn master, `photo-api worker`): the backlog
+    alert must keep working when every worker is down, so the API instances report the depth too.
+    """
+
+    def __init__(self, depth: Callable[[], int]):
+        self.depth = depth
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the queue depth, or nothing when it cannot be read right now."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            depth = self.depth()
+        except Exception:
+            return
+        yield GaugeMetricFamily(
+            "photo_api_job_queue_depth", "Jobs waiting in the queue (queued or scheduled for a retry)", value=depth
         )

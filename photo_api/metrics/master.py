@@ -16,11 +16,13 @@ and the dead-worker bookkeeping are prometheus-flask-exporter's `GunicornPrometh
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import lifecycle
+from .catalogue import QueueCollector
 from .directory import claim, export_multiproc_dir, is_default_dir
 from .push import Pusher
 from .recording import instance_collector
@@ -34,8 +36,9 @@ if TYPE_CHECKING:
 class MasterMetrics:
     """The master's metrics: claim the directory (`on_starting`), serve and push (`when_ready`), leave (`on_exit`)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, queue_depth: Callable[[], int] | None = None):
         self.settings = settings
+        self.queue_depth = queue_depth  # the job queue's depth, read at scrape time (None: no Redis queue)
         self.directory: Path | None = None
         self.lock_fd: int | None = None  # held until the master exits: the directory is this instance's
         self.registry: CollectorRegistry | None = None
@@ -55,6 +58,8 @@ class MasterMetrics:
         settings = self.settings
         aggregate = CollectorRegistry()
         aggregate.register(instance_collector(settings))
+        if self.queue_depth is not None:
+            aggregate.register(QueueCollector(self.queue_depth))
         # The exporter adds the MultiProcessCollector (every worker's files) to this registry.
         exporter = GunicornPrometheusMetrics(app=None, registry=aggregate, export_defaults=False)
         self.registry = exporter.registry
@@ -106,11 +111,11 @@ class MasterRuntime:
     metrics: MasterMetrics | None
 
     @classmethod
-    def build(cls, settings: Settings) -> MasterRuntime:
+    def build(cls, settings: Settings, *, queue_depth: Callable[[], int] | None = None) -> MasterRuntime:
         """Wire from plain values; nothing is claimed, listened on or installed until the hooks run."""
         return cls(
             drain=lifecycle.Drain(settings.drain_delay_seconds),
-            metrics=MasterMetrics(settings) if settings.metrics_enabled else None,
+            metrics=MasterMetrics(settings, queue_depth) if settings.metrics_enabled else None,
         )
 
     def starting(self, server: Any) -> None:

@@ -19,6 +19,8 @@ from ..errors import AppError
 from .catalogue import (
     DELIVERY_PATHS,
     DELIVERY_RESULTS,
+    JOB_NAMES,
+    JOB_RESULTS,
     UPLOAD_METHODS,
     UPLOAD_RESULTS,
     Catalogue,
@@ -213,3 +215,20 @@ def health_report(ok: bool, checks: Mapping[str, bool]) -> None:
     _catalogue.ready.set(1 if ok else 0)
     for name, healthy in checks.items():
         _catalogue.health_check_status.labels(name).set(1 if healthy else 0)
+
+
+class JobMetrics:
+    """What background jobs report (photo_api.jobs.JobEvents): runs by result, their durations, enqueues."""
+
+    def job_finished(self, job: str, result: str, seconds: float) -> None:
+        """One run of `job` ended with `result` after `seconds`."""
+        if _catalogue is None:
+            return
+        job = bounded(job, JOB_NAMES)
+        _catalogue.jobs.labels(job, bounded(result, JOB_RESULTS)).inc()
+        _catalogue.job_duration.labels(job).observe(seconds)
+
+    def enqueued(self, ok: bool) -> None:
+        """A job was handed to the queue, or the queue was unavailable."""
+        if _catalogue is not None:
+            _catalogue.job_enqueues.labels("ok" if ok else "failed").inc()

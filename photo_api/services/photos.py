@@ -6,7 +6,8 @@ import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, cast
+from datetime import datetime
+from typing import BinaryIO, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
@@ -14,8 +15,16 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..errors import FieldError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError, ValidationFailedError
-from ..images import ALLOWED_IMAGE_TYPES, SNIFF_BYTES, new_object_key, sanitize_filename, sniff_image_type
-from ..models import MAX_ID, Album, AlbumPhoto, Photo, PhotoStatus, is_id
+from ..images import (
+    ALLOWED_IMAGE_TYPES,
+    SNIFF_BYTES,
+    new_object_key,
+    rendition_key,
+    sanitize_filename,
+    sniff_image_type,
+)
+from ..media import PREVIEW, THUMBNAIL
+from ..models import MAX_ID, Album, AlbumPhoto, Photo, PhotoStatus, ProcessingStatus, is_id
 from ..storage import CHUNK_SIZE, ObjectNotFoundError, ObjectTooLargeError, Storage, StoredObject
 from . import deletions
 from .fields import Description, Title, validation_errors
@@ -261,15 +270,38 @@ def get_photo(session: Session, *, owner_id: int, photo_id: int, ready_only: boo
     return photo
 
 
-def list_photos(session: Session, *, owner_id: int, skip: int, limit: int) -> Sequence[Photo]:
-    """A page of the owner's ready photos, newest first (id breaks ties between equal timestamps)."""
-    return session.scalars(
-        select(Photo)
-        .where(Photo.owner_id == owner_id, Photo.status == PhotoStatus.READY)
-        .order_by(Photo.created_at.desc(), Photo.id.desc())
-        .offset(skip)
-        .limit(limit)
-    ).all()
+SortField = Literal["created_at", "taken_at"]
+SortOrder = Literal["asc", "desc"]
+
+
+def list_photos(
+    session: Session,
+    *,
+    owner_id: int,
+    skip: int,
+    limit: int,
+    sort: SortField = "created_at",
+    order: SortOrder = "desc",
+    taken_after: datetime | None = None,
+    taken_before: datetime | None = None,
+) -> Sequence[Photo]:
+    """A page of the owner's ready photos, by upload time (default, newest first) or by the time taken.
+
+    Sorted by `taken_at`, photos that do not say when they were taken (no EXIF date, or not processed yet)
+    come last in either order. `taken_after` (inclusive) and `taken_before` (exclusive) keep only photos
+    taken in that window. The id breaks ties, so pages never overlap.
+    """
+    query = select(Photo).where(Photo.owner_id == owner_id, Photo.status == PhotoStatus.READY)
+    if taken_after is not None:
+        query = query.where(Photo.taken_at >= taken_after)
+    if taken_before is not None:
+        query = query.where(Photo.taken_at < taken_before)
+    column = Photo.taken_at if sort == "taken_at" else Photo.created_at
+    if order == "asc":
+        query = query.order_by(column.asc().nulls_last(), Photo.id.asc())
+    else:
+        query = query.order_by(column.desc().nulls_last(), Photo.id.desc())
+    return session.scalars(query.offset(skip).limit(limit)).all()
 
 
 def update_photo(session: Session, *, owner_id: int, photo_id: int, changes: Mapping[str, str | None]) -> Photo:
@@ -298,24 +330,63 @@ def delete_photo(session: Session, storage: Storage, *, owner_id: int, photo_id:
     if not is_id(photo_id):
         raise NotFoundError(PHOTO_NOT_FOUND)
     # One statement finds and deletes, so two concurrent deletes cannot both succeed.
-    key = session.scalar(
+    row = session.execute(
         delete(Photo)
         .where(Photo.id == photo_id, Photo.owner_id == owner_id, Photo.status == PhotoStatus.READY)
-        .returning(Photo.filename)
-    )
-    if key is None:
+        .returning(Photo.filename, Photo.rendition_type)
+    ).one_or_none()
+    if row is None:
         session.rollback()
         raise NotFoundError(PHOTO_NOT_FOUND)
     session.commit()
-    deletions.delete_objects(session, storage, [key])
+    # A job still running stores its renditions after this, finds the row gone and removes them itself.
+    keys = [row.filename, *_rendition_keys(owner_id, photo_id, row.rendition_type)]
+    deletions.delete_objects(session, storage, keys)
 
 
-def image_etag(storage: Storage, photo: Photo) -> str:
-    """The photo's ETag (MD5 hex): recorded at upload, else asked of the store; NotFoundError if the object is gone."""
-    if photo.checksum:
-        return photo.checksum
+@dataclass(frozen=True)
+class RenditionRef:
+    """Where one stored rendition of a photo is, and what delivery needs to know of it."""
+
+    key: str
+    content_type: str
+    extension: str
+    size: int
+    etag: str
+
+
+def rendition(photo: Photo, name: str) -> RenditionRef | None:
+    """The photo's rendition `name` (`thumb` or `preview`), or None while its processing is not ready."""
+    if photo.processing_status != ProcessingStatus.READY or photo.rendition_type is None:
+        return None
+    sizes = {
+        THUMBNAIL.name: (photo.thumbnail_size, photo.thumbnail_etag),
+        PREVIEW.name: (photo.preview_size, photo.preview_etag),
+    }
+    size, etag = sizes.get(name, (None, None))
+    extension = ALLOWED_IMAGE_TYPES.get(photo.rendition_type)
+    if size is None or etag is None or extension is None:
+        return None
+    return RenditionRef(
+        key=rendition_key(photo.owner_id, photo.id, name, extension),
+        content_type=photo.rendition_type,
+        extension=extension,
+        size=size,
+        etag=etag,
+    )
+
+
+def _rendition_keys(owner_id: int, photo_id: int, rendition_type: str | None) -> list[str]:
+    extension = ALLOWED_IMAGE_TYPES.get(rendition_type or "")
+    if extension is None:
+        return []
+    return [rendition_key(owner_id, photo_id, spec.name, extension) for spec in (THUMBNAIL, PREVIEW)]
+
+
+def object_etag(storage: Storage, key: str) -> str:
+    """An object's ETag (MD5 hex) asked of the store; NotFoundError (404) if the object is gone."""
     try:
-        return storage.head(photo.filename).etag
+        return storage.head(key).etag
     except ObjectNotFoundError:
-        log.error("stored object missing for an existing row", extra={"object_key": photo.filename})
+        log.error("stored object missing for an existing row", extra={"object_key": key})
         raise NotFoundError("Image not found") from None

@@ -330,6 +330,91 @@ class ServeProcess:
             return False
 
 
+class JobWorker:
+    """One `photo-api worker` process (REDIS_URL in `env`): start it, signal it, stop it, read its log."""
+
+    def __init__(self, env: Mapping[str, str], *, cwd: Path, log_dir: Path, extra_args: Sequence[str] = ()):
+        self.env = clean_environment(env)
+        self.cwd = cwd
+        self.extra_args = list(extra_args)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = log_dir / "worker-stdout.log"
+        self.stderr_path = log_dir / "worker-stderr.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> JobWorker:
+        """Start the worker; return once it listens on the queue (its log says so)."""
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            # A session of its own, so that the whole group (RQ's scheduler process too) can be killed.
+            self.process = subprocess.Popen(
+                [console_script("photo-api"), "worker", *self.extra_args],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while "Listening on" not in self.stdout():
+            if self.process.poll() is not None:
+                raise ServeError(f"worker exited with {self.process.returncode} during startup{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise ServeError(f"worker did not listen within {timeout:g}s{self.log_tail()}")
+            time.sleep(POLL_INTERVAL_S)
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The worker's main process id."""
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the worker's main process only (like systemd's KillMode=mixed)."""
+        os.kill(self.pid, sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker and every process of its group at once (a machine dying, an OOM kill)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(STOP_TIMEOUT_S)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to `timeout` seconds for the worker to exit; its exit code, or None if still running."""
+        assert self.process is not None, "not started"
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        """Kill whatever is left of the worker's group. Idempotent."""
+        if self.process is not None and self.process.poll() is None:
+            self.kill_group()
+
+    def stdout(self) -> str:
+        """Everything the worker wrote to stdout so far (JSON log lines)."""
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of stdout and stderr, formatted for an error message."""
+        parts = []
+        for name, path in (("stdout", self.stdout_path), ("stderr", self.stderr_path)):
+            text = path.read_text(errors="replace") if path.exists() else ""
+            parts.append(f"\n--- worker {name} (last {lines} lines) ---\n" + "\n".join(text.splitlines()[-lines:]))
+        return "".join(parts)
+
+    def __enter__(self) -> JobWorker:
+        return self if self.process is not None else self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 class Servers:
     """Starts `photo-api serve` instances under one work directory and kills all of them on close()."""
 

@@ -14,6 +14,7 @@ import pytest
 import requests
 import yaml
 
+from tests.harness.jobs_redis import fresh_jobs_redis
 from tests.images import png
 from tests.metrics.conftest import HTTP_TIMEOUT_S, Instance, StartInstance, debian_tool
 
@@ -41,6 +42,8 @@ MAIN_ALERTS = {
     "PhotoApiHighLatencyP99",
     "PhotoApiDbPoolSaturated",
     "PhotoApiLogsDropped",
+    "PhotoApiJobBacklogGrowing",
+    "PhotoApiJobEnqueueFailing",
 }
 
 
@@ -96,7 +99,20 @@ def test_the_dashboard_filters_every_query_by_instance() -> None:
     assert variables["datasource"]["type"] == "datasource"
     assert variables["instance"]["includeAll"] and variables["instance"]["multi"]
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("requests", "5xx", "latency", "ready", "health", "breaker", "retries", "pool", "dropped", "uploads"):
+    topics = (
+        "requests",
+        "5xx",
+        "latency",
+        "ready",
+        "health",
+        "breaker",
+        "retries",
+        "pool",
+        "dropped",
+        "uploads",
+        "job",
+    )
+    for topic in topics:
         assert topic in titles, topic
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -131,7 +147,8 @@ def _exercise(instance: Instance) -> None:
 
 @pytest.mark.slow
 def test_every_metric_queried_exists_in_a_real_scrape(start_instance: StartInstance) -> None:
-    instance = start_instance(workers=2)
+    # With a job queue on Redis, so that its depth is exported (no worker: the upload's job just waits).
+    instance = start_instance({"REDIS_URL": fresh_jobs_redis()}, workers=2)
     _exercise(instance)
     exposed = instance.scrape().names
 

@@ -1,0 +1,145 @@
+"""The renditions job: from a stored original to its thumbnail, preview, ThumbHash and metadata.
+
+Idempotent by construction: the renditions go to keys fixed by the photo (a second run overwrites them
+with the same bytes), and the row changes only while it is still `pending` (services/processing.py).
+Whatever the image itself makes impossible (a decompression bomb, bytes no decoder reads) fails the photo
+at once; anything else (storage or database unavailable) is raised for the queue to retry with backoff,
+until the photo's attempts are used up, and then it fails with the error recorded for its owner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, cast
+
+from ..db import Database
+from ..images import rendition_key
+from ..media import PREVIEW, THUMBNAIL, Encoding, MediaError, Rendered, render
+from ..services import deletions, processing
+from ..storage import ObjectNotFoundError, Storage
+from .events import FAILED, READY, RETRY, SKIPPED, JobEvents, NoEvents
+
+log = logging.getLogger(__name__)
+
+JOB_NAME = "renditions"
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job needs, built once per process by whoever runs jobs (the worker, the local runner)."""
+
+    db: Database
+    storage: Storage
+    encoding: Encoding
+    max_pixels: int
+    max_attempts: int
+    # Where the CPU-heavy step runs: inline in a worker process, on a native thread under gevent.
+    offload: Callable[[Callable[[], Rendered]], Rendered] = field(default=lambda work: work())
+    events: JobEvents = field(default_factory=NoEvents)
+
+
+class TransientJobError(Exception):
+    """A run failed for a reason outside the image (storage, database): worth another attempt later."""
+
+
+def process_photo(ctx: JobContext, photo_id: int) -> str:
+    """Produce and store the renditions and metadata of photo `photo_id`; the outcome (events.RESULTS).
+
+    Raises TransientJobError when another attempt may succeed; the queue runs the job again later.
+    """
+    started = time.monotonic()
+    result = RETRY
+    try:
+        result = _process(ctx, photo_id)
+        return result
+    finally:
+        ctx.events.job_finished(JOB_NAME, result, time.monotonic() - started)
+
+
+def _process(ctx: JobContext, photo_id: int) -> str:
+    session = ctx.db.session()
+    try:
+        try:
+            claim = processing.claim(session, photo_id)
+        except Exception as exc:
+            raise TransientJobError(f"database: {type(exc).__name__}") from exc
+        if claim is None:
+            return SKIPPED
+        if claim.attempt > ctx.max_attempts:
+            # Earlier attempts ended without a word (a worker killed, an out-of-memory kill): stop here.
+            processing.fail(session, photo_id, f"processing was interrupted {claim.attempt - 1} times")
+            log.error("renditions abandoned after repeated interruptions", extra={"photo_id": photo_id})
+            return FAILED
+        try:
+            return _render_and_store(ctx, session, claim)
+        except MediaError as exc:
+            processing.fail(session, photo_id, str(exc))
+            log.warning("photo cannot be processed", extra={"photo_id": photo_id, "reason": str(exc)})
+            return FAILED
+        except ObjectNotFoundError:
+            processing.fail(session, photo_id, "the stored original is missing")
+            log.error("stored object missing for an existing row", extra={"photo_id": photo_id})
+            return FAILED
+        except Exception as exc:
+            reason = f"{type(exc).__name__} while processing"
+            if claim.attempt >= ctx.max_attempts:
+                _fail_quietly(session, photo_id, f"gave up after {claim.attempt} attempts: {reason}")
+                log.error("renditions failed for good", extra={"photo_id": photo_id, "error": reason})
+                return FAILED
+            log.warning(
+                "renditions failed; will retry", extra={"photo_id": photo_id, "attempt": claim.attempt, "error": reason}
+            )
+            raise TransientJobError(reason) from exc
+    finally:
+        session.close()
+
+
+def _render_and_store(ctx: JobContext, session: Any, claim: processing.Claim) -> str:
+    session.close()  # no connection held while storage and the CPU work
+    # The original goes to a temporary file, not memory: decoders want to seek, and a 25 MB upload
+    # would otherwise sit in the worker's memory next to its decoded pixels.
+    with tempfile.TemporaryFile(prefix="photo-api-original-") as original:
+        with ctx.storage.open(claim.key) as reader:
+            for chunk in reader:
+                original.write(chunk)
+        original.seek(0)
+        rendered = ctx.offload(lambda: render(original, max_pixels=ctx.max_pixels, encoding=ctx.encoding))
+    stored = {}
+    keys = []
+    for spec in (THUMBNAIL, PREVIEW):
+        rendition = rendered.renditions[spec.name]
+        key = rendition_key(claim.owner_id, claim.photo_id, spec.name, rendition.extension)
+        obj = ctx.storage.put(key, cast(BinaryIO, io.BytesIO(rendition.data)), content_type=rendition.content_type)
+        stored[spec.name] = processing.StoredRendition(size=obj.size, etag=obj.etag)
+        keys.append(key)
+    done = processing.complete(
+        session,
+        claim.photo_id,
+        metadata=dataclasses.asdict(rendered.metadata),
+        thumbhash=rendered.thumbhash,
+        rendition_type=ctx.encoding.content_type,
+        thumbnail=stored[THUMBNAIL.name],
+        preview=stored[PREVIEW.name],
+    )
+    if done:
+        log.info("renditions stored", extra={"photo_id": claim.photo_id, "attempt": claim.attempt})
+        return READY
+    if not processing.photo_exists(session, claim.photo_id):
+        # Deleted while we worked: its delete could not know about these objects yet.
+        deletions.delete_objects(session, ctx.storage, keys)
+    return SKIPPED
+
+
+def _fail_quietly(session: Any, photo_id: int, error: str) -> None:
+    try:
+        session.rollback()
+        processing.fail(session, photo_id, error)
+    except Exception:
+        # The database is the failure: the photo stays pending and the reaper enqueues it again later.
+        log.exception("could not record a failed photo", extra={"photo_id": photo_id})
