@@ -33,6 +33,8 @@ JOB_NAMES = ("renditions",)
 # ready/failed: the photo's processing ended; retry: a transient error, run again after a backoff;
 # skipped: nothing to do (already processed, or the photo was deleted).
 JOB_RESULTS = ("ready", "failed", "retry", "skipped")
+# Why PostgreSQL (or PgBouncer) refused a new connection while it answered (resilience.REFUSAL_REASONS).
+REFUSAL_REASONS = ("too_many_connections", "cannot_connect_now")
 ENQUEUE_RESULTS = ("ok", "failed")  # failed: the queue was unavailable; the reaper enqueues the job later
 
 # Request latency: an API answer takes milliseconds, an upload's handler receives the whole body (minutes
@@ -157,6 +159,13 @@ class Catalogue:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.db_connect_refusals = Counter(
+            "photo_api_db_connect_refusals_total",
+            "New database connections the server refused for capacity (full, starting up); the request waited "
+            "for a pooled connection instead",
+            ["reason"],
+            registry=r,
+        )
         self.db_slow_queries = Counter(
             "photo_api_db_slow_queries_total",
             "Statements slower than DB_SLOW_QUERY_MS",
@@ -232,6 +241,8 @@ class Catalogue:
                 self.jobs.labels(job, result)
         for result in ENQUEUE_RESULTS:
             self.job_enqueues.labels(result)
+        for reason in REFUSAL_REASONS:
+            self.db_connect_refusals.labels(reason)
 
     def watch_service(self, service: str) -> None:
         """Create the series of one dependency (breaker closed, no retries) before its first event."""

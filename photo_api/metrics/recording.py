@@ -21,6 +21,7 @@ from .catalogue import (
     DELIVERY_RESULTS,
     JOB_NAMES,
     JOB_RESULTS,
+    REFUSAL_REASONS,
     UPLOAD_METHODS,
     UPLOAD_RESULTS,
     Catalogue,
@@ -108,6 +109,7 @@ class PooledDatabase(Protocol):
 
     engine: Engine
     slow_query_hooks: list[Callable[[float, str], None]]
+    refusal_hooks: list[Callable[[str], None]]
 
 
 def watch_database(db: PooledDatabase, settings: Settings) -> None:
@@ -133,6 +135,7 @@ def watch_database(db: PooledDatabase, settings: Settings) -> None:
     event.listen(db.engine, "checkout", lambda *_args: moved(1))
     event.listen(db.engine, "checkin", lambda *_args: moved(-1))
     db.slow_query_hooks.append(lambda _elapsed, _statement: cat.db_slow_queries.inc())
+    db.refusal_hooks.append(lambda reason: cat.db_connect_refusals.labels(bounded(reason, REFUSAL_REASONS)).inc())
 
 
 def upload(method: str, result: str, size_bytes: int = 0) -> None:
