@@ -181,10 +181,14 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
 
-    options = (
-        f"-c statement_timeout={settings.db_statement_timeout_ms} "
-        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
-    )
+    timeouts = {
+        "statement_timeout": settings.db_statement_timeout_ms,
+        "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    }
+    # Directly to PostgreSQL the timeouts are session settings given at connect (startup `options`): free.
+    # PgBouncer refuses `options` (and in transaction pooling a session's settings would leak to whichever
+    # client gets that server connection next), so there they are set per transaction (SET LOCAL, below).
+    startup = {} if settings.db_pgbouncer else {"options": " ".join(f"-c {k}={v}" for k, v in timeouts.items())}
     engine = create_engine(
         url,
         # Error messages (logged with the traceback of a 500) would otherwise carry the bound values:
@@ -195,7 +199,7 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=True,
+        pool_pre_ping=settings.db_pool_pre_ping,
         connect_args={
             "application_name": APPLICATION_NAME,
             # libpq rounds anything below 2 s up to 2 s, and ignores it entirely on a green connection.
@@ -204,9 +208,11 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
             "keepalives_idle": 30,
             "keepalives_interval": 10,
             "keepalives_count": 3,
-            "options": options,
+            **startup,
         },
     )
+    if settings.db_pgbouncer:
+        _set_timeouts_per_transaction(engine, timeouts)
     connect_timeout = settings.db_connect_timeout
     dbapi = engine.dialect.loaded_dbapi
 
@@ -222,6 +228,20 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
 
     _bound_pre_ping(engine, settings.health_check_timeout * PING_SHARE_OF_HEALTH_TIMEOUT)
     return engine
+
+
+def _set_timeouts_per_transaction(engine: Engine, timeouts: dict[str, int]) -> None:
+    """`SET LOCAL` the timeouts at the start of every transaction: one round trip (both in one statement).
+
+    Through a transaction-pooling PgBouncer a transaction is the only unit that stays on one server
+    connection, so this is the only place where a setting is sure to apply to our own statements, and
+    SET LOCAL ends with the transaction: nothing leaks to the next client of that server connection.
+    """
+    statement = "; ".join(f"SET LOCAL {name} = {int(value)}" for name, value in timeouts.items())
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(statement)
 
 
 def _bound_pre_ping(engine: Engine, timeout: float) -> None:
