@@ -2,6 +2,7 @@
 
     .venv/bin/python -m ops.bench.db_bench                     # every variant, 3 runs of 20 s each (~10 min)
     .venv/bin/python -m ops.bench.db_bench --variants 20+0 20+0-no-pre-ping --runs 3
+    .venv/bin/python -m ops.bench.db_bench --round-trips     # the pre-ping alone, in-process (~1 min)
 
 From the repository root; needs wrk. Each variant gets its own PostgreSQL database (BENCH_POSTGRES_URL or
 TEST_POSTGRES_URL, default the local server) and a real `photo-api serve` (production settings, 2 gevent
@@ -25,7 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from ops.bench.common import TIMEOUT_S, bench_postgres, machine, run_wrk, running_server, server_env, temporary_database
@@ -36,6 +39,7 @@ from tests.harness.users import Users
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "5+10": ("pool 5 + overflow 10, pre-ping (the defaults before)", {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "10"}),
     "10+5": ("pool 10 + overflow 5, pre-ping", {"DB_POOL_SIZE": "10", "DB_MAX_OVERFLOW": "5"}),
+    "10+0": ("pool 10 + overflow 0, pre-ping", {"DB_POOL_SIZE": "10", "DB_MAX_OVERFLOW": "0"}),
     "20+0": ("pool 20 + overflow 0, pre-ping", {"DB_POOL_SIZE": "20", "DB_MAX_OVERFLOW": "0"}),
     "20+0-no-pre-ping": (
         "pool 20 + overflow 0, no pre-ping",
@@ -162,17 +166,94 @@ def _line(r: Run) -> str:
     )
 
 
+def round_trips(blocks: int, block_size: int) -> None:
+    """The pre-ping's own cost, with less noise than a load run: GET /auth/me in one process, one at a time.
+
+    Two apps on one database, pre-ping on and off, called alternately in blocks (so drift weighs on both
+    alike); per request: the statements and pings sent, and the median wall time of the blocks.
+    """
+    from flask.testing import FlaskClient
+
+    from photo_api import create_app
+    from photo_api.api.context import collaborators_of
+    from photo_api.config import load_settings
+
+    print(
+        f"\n== round trips: GET /auth/me in-process, {blocks} blocks of {block_size} requests per variant, alternated"
+    )
+    with temporary_database() as database_url, TemporaryDirectory(prefix="photo-dbbench-") as tmp:
+        clients: dict[str, tuple[FlaskClient, list[int]]] = {}
+        apps = []
+        headers: dict[str, str] = {}
+        for name, pre_ping in (("pre-ping", True), ("no pre-ping", False)):
+            app = create_app(
+                load_settings(
+                    environ={},
+                    database_url=database_url,
+                    jwt_secret_key="bench-secret-" + "x" * 40,
+                    local_storage_dir=tmp,
+                    log_level="WARNING",
+                    metrics_enabled=False,
+                    password_hash_time_cost=1,
+                    password_hash_memory_kib=1024,
+                    password_hash_parallelism=1,
+                    db_pool_pre_ping=pre_ping,
+                )
+            )
+            apps.append(app)
+            engine = collaborators_of(app).db.engine
+            counts = [0, 0]  # statements, pings
+            event.listen(engine, "before_cursor_execute", lambda *_a, c=counts: c.__setitem__(0, c[0] + 1))
+            dialect: Any = engine.dialect
+            ping = dialect.do_ping
+
+            def counted_ping(conn: Any, c: list[int] = counts, ping: Any = ping) -> bool:
+                c[1] += 1
+                return bool(ping(conn))
+
+            dialect.do_ping = counted_ping
+            client = app.test_client()
+            if not headers:
+                headers = Users(client).create()["headers"]
+            clients[name] = (client, counts)
+        times: dict[str, list[float]] = {name: [] for name in clients}
+        start_counts = {name: counts.copy() for name, (_client, counts) in clients.items()}
+        for _ in range(blocks):
+            for name, (client, _counts) in clients.items():
+                started = time.perf_counter()
+                for _ in range(block_size):
+                    assert client.get("/auth/me", headers=headers).status_code == 200
+                times[name].append((time.perf_counter() - started) / block_size * 1000)
+        total = blocks * block_size
+        for name, (_client, counts) in clients.items():
+            statements, pings = ((now - was) / total for now, was in zip(counts, start_counts[name], strict=True))
+            print(
+                f"  {name:12} {statistics.median(times[name]):6.3f} ms per request (median of the blocks; "
+                f"min {min(times[name]):.3f}, max {max(times[name]):.3f}); per request {statements:.2f} "
+                f"statements + {pings:.2f} pings"
+            )
+        for app in apps:
+            collaborators_of(app).db.dispose()
+
+
 def main() -> None:
     """Run the variants named on the command line (default: all)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS)[:-1])
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["5+10", "10+5", "20+0", "20+0-no-pre-ping"]
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--round-trips", action="store_true", help="only the in-process pre-ping measurement")
+    parser.add_argument("--blocks", type=int, default=30, help="blocks per variant (--round-trips)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print(f"wrk -t2 -c{args.connections} -d{args.seconds:g}s --latency; 2 gevent workers; wrk, server and PostgreSQL")
     print("share the machine's CPUs (and other jobs run on it: compare ratios within one invocation)")
+    if args.round_trips:
+        round_trips(args.blocks, 100)
+        return
     bench(args.variants, args.runs, args.seconds, args.connections)
 
 
