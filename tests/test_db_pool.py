@@ -65,7 +65,7 @@ def test_terminated_pooled_connections(pre_ping: bool) -> None:
             assert _terminate_pooled(url) >= 1
             results = _queries(db)
             print(
-                f"\nafter pg_terminate_backend, pre-ping {pre_ping}: {QUERIES - results.count('ok')} of {QUERIES} failed"
+                f"\nafter pg_terminate_backend, pre-ping {pre_ping}: {QUERIES - results.count('ok')}/{QUERIES} failed"
             )
             if pre_ping:
                 assert set(results) == {"ok"}, results
