@@ -248,11 +248,11 @@ BAD_ENVIRONMENTS = [
     ),
     pytest.param({"MEDIA_MAX_PIXELS": "200000000"}, "MEDIA_MAX_PIXELS", "178000000", id="pixels-above-pillow"),
     pytest.param({"RENDITION_FORMAT": "avif"}, "RENDITION_FORMAT", "webp", id="rendition-format"),
-    # the connection budget: 10 x (2 x (10 + 5) + 2 + 1) + 1 = 331 against 100 - 3 - 3
+    # the connection budget at the default pools: 10 x (2 x (20 + 5) + 2 + 1) + 1 = 531 against 100 - 3 - 3
     pytest.param(
         {"FLEET_MAX_INSTANCES": "10", "WORKERS": "2", "DB_MAX_CONNECTIONS": "100"},
         "DB_MAX_CONNECTIONS",
-        "= 331; db_max_connections 100 - db_reserved_connections 3 - 3 superuser_reserved_connections = 94",
+        "= 531; db_max_connections 100 - db_reserved_connections 3 - 3 superuser_reserved_connections = 94",
         id="fleet-beyond-the-connection-budget",
     ),
     pytest.param(
