@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
         {"DB_POOL_SIZE": "20", "DB_MAX_OVERFLOW": "0", "DB_POOL_PRE_PING": "false"},
     ),
     "defaults": ("the defaults of this version", {}),
+    "defaults-no-pre-ping": ("the defaults of this version without pre-ping", {"DB_POOL_PRE_PING": "false"}),
 }
 ROUTES = ("/photos?limit=50", "/auth/me")
 SAMPLE_EVERY_S = 0.01
@@ -127,7 +128,9 @@ def bench(variants: list[str], runs: int, seconds: float, connections: int) -> d
                 seed_read_data(server, headers, work)
             prepared[name] = (env, work, headers, make_url(database_url).database or "")
         for run in range(1, runs + 1):
-            for name, (env, work, headers, dbname) in prepared.items():
+            # Every other round in reverse order: a machine whose load drifts during a round favours neither.
+            order = list(prepared.items()) if run % 2 else list(reversed(prepared.items()))
+            for name, (env, work, headers, dbname) in order:
                 try:
                     results_of_run = _measure(env, work, headers, dbname, name, run, seconds, connections)
                 except ServeError as exc:  # the shared machine so loaded that the server did not boot in time
