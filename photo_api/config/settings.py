@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     # holds its connection from its first query to its end, so at 32 keep-alive clients on 2 workers one
     # worker held up to 20 (while running 1 or 2 statements at a time); overflow is for bursts. 5 + 10
     # churned: an overflow connection coming back while 5 were idle was closed, and reopened (connect +
-    # auth on the request path) moments later: 17 to 65 new sessions per 20 s run, none with 20 + 0.
+    # auth on the request path) moments later: 16 to 65 new sessions per 20 s run, none with 20 + 0.
     db_pool_size: int = Field(default=POOL_SIZE_DEFAULT, ge=1, le=200)
     db_max_overflow: int = Field(default=MAX_OVERFLOW_DEFAULT, ge=0, le=500)
     db_pool_timeout: float = Field(default=30, gt=0, le=300)
