@@ -50,6 +50,7 @@ JOB_SETTINGS = {
     "JOB_RETRY_BASE_DELAY": "1",
     "DB_STATEMENT_TIMEOUT_MS": "10000",
     "GRACEFUL_TIMEOUT": "10",
+    "CLIENT_BODY_TIMEOUT": "10",  # the config rules: a request body is never waited for past the graceful stop
 }
 STALE_S = 11
 PROCESSED_WITHIN_S = 30  # a loaded 2-CPU machine; a 12-megapixel JPEG takes ~0.3 s to process
