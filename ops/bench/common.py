@@ -259,6 +259,7 @@ class WrkRun:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    max_ms: float
 
 
 def _wrk_ms(output: str, percentile: str) -> float:
@@ -280,4 +281,7 @@ def run_wrk(url: str, headers: dict[str, str], seconds: float, connections: int)
     non_2xx = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     socket_errors = sum(int(n) for n in socket.groups()) if socket else 0
-    return WrkRun(float(rps[1]), _wrk_ms(out, "50"), _wrk_ms(out, "99"), non_2xx, socket_errors)
+    # "Latency   4.10ms   2.31ms  43.79ms   91.23%": mean, stdev, max, share within one stdev
+    latency = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\s", out, re.MULTILINE)
+    max_ms = float(latency[1]) * _WRK_UNITS[latency[2]] if latency else float("nan")
+    return WrkRun(float(rps[1]), _wrk_ms(out, "50"), _wrk_ms(out, "99"), non_2xx, socket_errors, max_ms)
