@@ -100,6 +100,10 @@ def offload(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return gevent.get_hub().threadpool.apply(fn, args, kwargs)
 
 
+# The longest a connection waits for its turn after a response: a few requests' worth of other connections.
+FAIR_TURN_MAX_WAIT_S = 0.005
+
+
 def let_other_connections_run() -> None:
     """Under gevent, wait until every greenlet that is ready to run (ready sockets included) has had its turn.
 
@@ -110,9 +114,13 @@ def let_other_connections_run() -> None:
     polled again (tests/e2e/test_fair_keepalive.py: another connection's one request waited for 51 of 300
     pipelined ones with it, 300 with nothing, 1 to 2 with this). `gevent.idle()` waits until the loop has
     processed every pending event, so each ready connection is served before this one goes on; when
-    nothing else is ready it returns at once.
+    nothing else is ready it returns at once. A loop that is never idle (new connections arriving faster
+    than they are served) would hold this connection back indefinitely, so the wait is capped at
+    FAIR_TURN_MAX_WAIT_S. (A short positive `gevent.sleep` is not used instead: libev's epoll waits at
+    least 1 ms for a timer, which would add up to 1 ms to every keep-alive request of an idle worker.)
     """
     if is_green():
         import gevent
 
-        gevent.idle()
+        with gevent.Timeout(FAIR_TURN_MAX_WAIT_S, False):
+            gevent.idle()
