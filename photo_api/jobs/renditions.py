@@ -10,6 +10,7 @@ until the photo's attempts are used up, and then it fails with the error recorde
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import tempfile
@@ -19,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
 from ..db import Database
-from ..images import rendition_key
+from ..images import ALLOWED_IMAGE_TYPES, rendition_key
 from ..media import PREVIEW, THUMBNAIL, Encoding, MediaError, Rendered, render
+from ..media.strip import strip
+from ..models import NO_STRIPPED_COPY
 from ..services import deletions, processing
 from ..storage import ObjectNotFoundError, Storage
 from .events import FAILED, READY, RETRY, SKIPPED, JobEvents, NoEvents
@@ -28,6 +31,8 @@ from .events import FAILED, READY, RETRY, SKIPPED, JobEvents, NoEvents
 log = logging.getLogger(__name__)
 
 JOB_NAME = "renditions"
+# The storage name of the public copy (the original without its metadata), beside the renditions.
+STRIPPED_NAME = "public"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ def process_photo(ctx: JobContext, photo_id: int) -> str:
     result = RETRY
     try:
         result = _process(ctx, photo_id)
+        # Then the public copy, from the original the renditions came from (or, for a photo processed before
+        # public copies existed, on its own): cheap, no pixel is decoded.
+        if _strip(ctx, photo_id) and result == SKIPPED:
+            result = READY
         return result
     finally:
         ctx.events.job_finished(JOB_NAME, result, time.monotonic() - started)
@@ -134,6 +143,52 @@ def _render_and_store(ctx: JobContext, session: Any, claim: processing.Claim) ->
         # Deleted while we worked: its delete could not know about these objects yet.
         deletions.delete_objects(session, ctx.storage, keys)
     return SKIPPED
+
+
+def _strip(ctx: JobContext, photo_id: int) -> bool:
+    """Make and record the photo's public copy if it has none yet; True if this run recorded one.
+
+    The original is read whole into memory (at most MAX_UPLOAD_BYTES): the filter needs to see every
+    segment, and a worker process holds one job at a time.
+    """
+    session = ctx.db.session()
+    try:
+        try:
+            claim = processing.claim_strip(session, photo_id)
+        except Exception as exc:
+            raise TransientJobError(f"database: {type(exc).__name__}") from exc
+        if claim is None:
+            return False
+        session.close()  # no connection held while storage answers
+        try:
+            with ctx.storage.open(claim.key) as reader:
+                original = b"".join(reader)
+            try:
+                public = strip(original, claim.content_type, claim.orientation)
+            except MediaError as exc:
+                # HEIC, or bytes the filter cannot follow: the public gets the preview instead.
+                log.info("no public copy without metadata", extra={"photo_id": photo_id, "reason": str(exc)})
+                return processing.complete_strip(session, photo_id, key=NO_STRIPPED_COPY, size=None, etag=None)
+            if public is original:
+                # Nothing to remove: the original itself is the public copy.
+                etag = hashlib.md5(original, usedforsecurity=False).hexdigest()
+                return processing.complete_strip(session, photo_id, key=claim.key, size=len(original), etag=etag)
+            key = rendition_key(claim.owner_id, photo_id, STRIPPED_NAME, ALLOWED_IMAGE_TYPES[claim.content_type])
+            obj = ctx.storage.put(key, cast(BinaryIO, io.BytesIO(public)), content_type=claim.content_type)
+            done = processing.complete_strip(session, photo_id, key=key, size=obj.size, etag=obj.etag)
+        except ObjectNotFoundError:
+            log.error("stored object missing for an existing row", extra={"photo_id": photo_id})
+            return processing.complete_strip(session, photo_id, key=NO_STRIPPED_COPY, size=None, etag=None)
+        except Exception as exc:
+            log.warning("public copy failed; will retry", extra={"photo_id": photo_id, "error": type(exc).__name__})
+            raise TransientJobError(f"{type(exc).__name__} while removing metadata") from exc
+        if not done and not processing.photo_exists(session, photo_id):
+            deletions.delete_objects(session, ctx.storage, [key])  # deleted while we worked
+        if done:
+            log.info("public copy stored", extra={"photo_id": photo_id})
+        return done
+    finally:
+        session.close()
 
 
 def _fail_quietly(session: Any, photo_id: int, error: str) -> None:

@@ -119,6 +119,56 @@ def fail(session: Session, photo_id: int, error: str) -> bool:
     return done is not None
 
 
+@dataclass(frozen=True)
+class StripClaim:
+    """A processed photo whose public copy (the original without its metadata) is still to be made."""
+
+    photo_id: int
+    owner_id: int
+    key: str
+    content_type: str
+    orientation: int | None
+
+
+def claim_strip(session: Session, photo_id: int) -> StripClaim | None:
+    """The photo, if it is ready, processed (ready or failed) and has no public copy yet; else None.
+
+    Not a lock: two runs at once both strip and store the same bytes under the same key, and the first
+    `complete_strip` wins (the second changes nothing).
+    """
+    row = session.execute(
+        select(Photo.owner_id, Photo.filename, Photo.content_type, Photo.orientation).where(
+            Photo.id == photo_id,
+            Photo.status == PhotoStatus.READY,
+            Photo.processing_status != ProcessingStatus.PENDING,
+            Photo.stripped_key.is_(None),
+        )
+    ).one_or_none()
+    session.commit()
+    if row is None:
+        return None
+    return StripClaim(
+        photo_id=photo_id,
+        owner_id=row.owner_id,
+        key=row.filename,
+        content_type=row.content_type,
+        orientation=row.orientation,
+    )
+
+
+def complete_strip(session: Session, photo_id: int, *, key: str, size: int | None, etag: str | None) -> bool:
+    """Record the photo's public copy (`key`, or NO_STRIPPED_COPY when none can be made); False if already done."""
+    done = session.execute(
+        update(Photo)
+        .where(Photo.id == photo_id, Photo.stripped_key.is_(None))
+        .values(stripped_key=key, stripped_size=size, stripped_etag=etag, **_KEEP_UPDATED_AT)
+        .returning(Photo.id),
+        execution_options={"synchronize_session": False},
+    ).one_or_none()
+    session.commit()
+    return done is not None
+
+
 def photo_exists(session: Session, photo_id: int) -> bool:
     """Whether the photo row is still there (a job finding it gone removes what it just stored)."""
     found = session.scalar(select(Photo.id).where(Photo.id == photo_id)) is not None
@@ -140,12 +190,15 @@ def mark_enqueued(session: Session, photo_id: int, now: datetime | None = None) 
 def take_unqueued(session: Session, *, now: datetime, stale_after: timedelta, limit: int) -> Sequence[int]:
     """Claim up to `limit` ready photos whose job was never enqueued, or enqueued more than `stale_after` ago.
 
+    A photo's job is due while its processing is pending, and also while it has no public copy yet (every
+    photo processed before public copies existed: the job then only makes that copy).
+
     Their `processing_enqueued_at` becomes `now` in the same statement that selects them, so two reapers
     running at once never take the same photo; the caller enqueues what it took.
     """
     waiting = (
         Photo.status == PhotoStatus.READY,
-        Photo.processing_status == ProcessingStatus.PENDING,
+        or_(Photo.processing_status == ProcessingStatus.PENDING, Photo.stripped_key.is_(None)),
         or_(Photo.processing_enqueued_at.is_(None), Photo.processing_enqueued_at < now - stale_after),
     )
     ids = session.scalars(select(Photo.id).where(*waiting).order_by(Photo.id).limit(limit)).all()
