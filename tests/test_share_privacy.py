@@ -7,6 +7,7 @@ on PostgreSQL and SQLite.
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask
@@ -15,11 +16,12 @@ from PIL import Image, PngImagePlugin
 from sqlalchemy import update
 
 from photo_api.api.context import collaborators_of
-from photo_api.models import Photo
+from photo_api.jobs.submit import requeue_waiting
+from photo_api.models import Photo, utcnow
 from tests.harness.users import Users
 from tests.http_checks import assert_problem
 from tests.images import GPS_IFD, exif_block, photo_heic, photo_jpeg, photo_pixels
-from tests.test_media_pipeline import put
+from tests.test_media_pipeline import put, settle
 
 CAMERA = {"gps": (37.5665, 126.978), "make": "Acme", "model": "Phone 9", "taken": "2026:05:01 14:03:22"}
 
@@ -148,3 +150,18 @@ def test_nothing_is_served_publicly_until_the_copy_without_metadata_exists(
     r = client.get(f"/share/{token}/photos/{photo['id']}/image")
     assert_problem(r, 503)
     assert r.headers["Retry-After"] == "10"
+
+    # The reaper hands such photos to the job again (once their enqueue is older than the stale time),
+    # which now only makes the public copy.
+    with collaborators_of(app).db.session() as session:
+        session.execute(update(Photo).where(Photo.id == photo["id"]).values(processing_enqueued_at=None))
+        session.commit()
+        enqueued, refused = requeue_waiting(
+            session, collaborators_of(app).jobs, now=utcnow(), stale_after=timedelta(minutes=30)
+        )
+    assert (enqueued, refused) == (1, 0)
+    settle(app)
+    r = client.get(f"/share/{token}/photos/{photo['id']}/image")
+    assert r.status_code == 200 and b"Acme" not in r.data
+    with collaborators_of(app).db.session() as session:  # nothing left for the reaper
+        assert requeue_waiting(session, collaborators_of(app).jobs, now=utcnow(), stale_after=timedelta(0)) == (0, 0)

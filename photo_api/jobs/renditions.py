@@ -119,8 +119,13 @@ def _render_and_store(ctx: JobContext, session: Any, claim: processing.Claim) ->
                 original.write(chunk)
         original.seek(0)
         rendered = ctx.offload(lambda: render(original, max_pixels=ctx.max_pixels, encoding=ctx.encoding))
+        original.seek(0)
+        # The public copy before the photo is ready: `ready` means everything a share serves exists.
+        public = _store_public_copy(
+            ctx, claim.owner_id, claim.photo_id, claim.key, claim.content_type, rendered.metadata.orientation, original
+        )
     stored = {}
-    keys = []
+    keys = [public.key] if public.key not in (NO_STRIPPED_COPY, claim.key) else []
     for spec in (THUMBNAIL, PREVIEW):
         rendition = rendered.renditions[spec.name]
         key = rendition_key(claim.owner_id, claim.photo_id, spec.name, rendition.extension)
@@ -135,6 +140,7 @@ def _render_and_store(ctx: JobContext, session: Any, claim: processing.Claim) ->
         rendition_type=ctx.encoding.content_type,
         thumbnail=stored[THUMBNAIL.name],
         preview=stored[PREVIEW.name],
+        public=public,
     )
     if done:
         log.info("renditions stored", extra={"photo_id": claim.photo_id, "attempt": claim.attempt})
@@ -145,12 +151,36 @@ def _render_and_store(ctx: JobContext, session: Any, claim: processing.Claim) ->
     return SKIPPED
 
 
-def _strip(ctx: JobContext, photo_id: int) -> bool:
-    """Make and record the photo's public copy if it has none yet; True if this run recorded one.
+def _store_public_copy(
+    ctx: JobContext,
+    owner_id: int,
+    photo_id: int,
+    original_key: str,
+    content_type: str,
+    orientation: int | None,
+    original: BinaryIO,
+) -> processing.PublicCopy:
+    """Strip the original's metadata (photo_api/media/strip.py) and store the result beside the renditions.
 
-    The original is read whole into memory (at most MAX_UPLOAD_BYTES): the filter needs to see every
-    segment, and a worker process holds one job at a time.
+    The original is read whole into memory (at most MAX_UPLOAD_BYTES): the filter needs every segment, and
+    a worker process holds one job at a time. An original with nothing to remove is its own public copy;
+    one that cannot be stripped (HEIC, bytes the filter cannot follow) has none: the public gets the preview.
     """
+    data = original.read()
+    try:
+        public = strip(data, content_type, orientation)
+    except MediaError as exc:
+        log.info("no public copy without metadata", extra={"photo_id": photo_id, "reason": str(exc)})
+        return processing.PublicCopy(NO_STRIPPED_COPY, None, None)
+    if public is data:
+        return processing.PublicCopy(original_key, len(data), hashlib.md5(data, usedforsecurity=False).hexdigest())
+    key = rendition_key(owner_id, photo_id, STRIPPED_NAME, ALLOWED_IMAGE_TYPES.get(content_type, ""))
+    obj = ctx.storage.put(key, cast(BinaryIO, io.BytesIO(public)), content_type=content_type)
+    return processing.PublicCopy(key, obj.size, obj.etag)
+
+
+def _strip(ctx: JobContext, photo_id: int) -> bool:
+    """Make and record the public copy of a photo processed before public copies existed; True if recorded."""
     session = ctx.db.session()
     try:
         try:
@@ -161,29 +191,27 @@ def _strip(ctx: JobContext, photo_id: int) -> bool:
             return False
         session.close()  # no connection held while storage answers
         try:
-            with ctx.storage.open(claim.key) as reader:
-                original = b"".join(reader)
-            try:
-                public = strip(original, claim.content_type, claim.orientation)
-            except MediaError as exc:
-                # HEIC, or bytes the filter cannot follow: the public gets the preview instead.
-                log.info("no public copy without metadata", extra={"photo_id": photo_id, "reason": str(exc)})
-                return processing.complete_strip(session, photo_id, key=NO_STRIPPED_COPY, size=None, etag=None)
-            if public is original:
-                # Nothing to remove: the original itself is the public copy.
-                etag = hashlib.md5(original, usedforsecurity=False).hexdigest()
-                return processing.complete_strip(session, photo_id, key=claim.key, size=len(original), etag=etag)
-            key = rendition_key(claim.owner_id, photo_id, STRIPPED_NAME, ALLOWED_IMAGE_TYPES[claim.content_type])
-            obj = ctx.storage.put(key, cast(BinaryIO, io.BytesIO(public)), content_type=claim.content_type)
-            done = processing.complete_strip(session, photo_id, key=key, size=obj.size, etag=obj.etag)
+            with tempfile.TemporaryFile(prefix="photo-api-original-") as original:
+                with ctx.storage.open(claim.key) as reader:
+                    for chunk in reader:
+                        original.write(chunk)
+                original.seek(0)
+                public = _store_public_copy(
+                    ctx, claim.owner_id, photo_id, claim.key, claim.content_type, claim.orientation, original
+                )
         except ObjectNotFoundError:
             log.error("stored object missing for an existing row", extra={"photo_id": photo_id})
-            return processing.complete_strip(session, photo_id, key=NO_STRIPPED_COPY, size=None, etag=None)
+            public = processing.PublicCopy(NO_STRIPPED_COPY, None, None)
         except Exception as exc:
             log.warning("public copy failed; will retry", extra={"photo_id": photo_id, "error": type(exc).__name__})
             raise TransientJobError(f"{type(exc).__name__} while removing metadata") from exc
-        if not done and not processing.photo_exists(session, photo_id):
-            deletions.delete_objects(session, ctx.storage, [key])  # deleted while we worked
+        done = processing.complete_strip(session, photo_id, public)
+        if (
+            not done
+            and public.key not in (NO_STRIPPED_COPY, claim.key)
+            and not processing.photo_exists(session, photo_id)
+        ):
+            deletions.delete_objects(session, ctx.storage, [public.key])  # deleted while we worked
         if done:
             log.info("public copy stored", extra={"photo_id": photo_id})
         return done

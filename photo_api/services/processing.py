@@ -35,6 +35,7 @@ class Claim:
     owner_id: int
     key: str
     attempt: int
+    content_type: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,16 @@ class StoredRendition:
 
     size: int
     etag: str
+
+
+@dataclass(frozen=True)
+class PublicCopy:
+    """The original without its metadata: its key (the original's own when it had nothing to remove), or
+    NO_STRIPPED_COPY with no size and ETag when none can be made."""
+
+    key: str
+    size: int | None
+    etag: str | None
 
 
 def claim(session: Session, photo_id: int) -> Claim | None:
@@ -59,13 +70,19 @@ def claim(session: Session, photo_id: int) -> Claim | None:
             Photo.processing_status == ProcessingStatus.PENDING,
         )
         .values(processing_attempts=Photo.processing_attempts + 1, **_KEEP_UPDATED_AT)
-        .returning(Photo.owner_id, Photo.filename, Photo.processing_attempts),
+        .returning(Photo.owner_id, Photo.filename, Photo.processing_attempts, Photo.content_type),
         execution_options={"synchronize_session": False},
     ).one_or_none()
     session.commit()
     if row is None:
         return None
-    return Claim(photo_id=photo_id, owner_id=row.owner_id, key=row.filename, attempt=row.processing_attempts)
+    return Claim(
+        photo_id=photo_id,
+        owner_id=row.owner_id,
+        key=row.filename,
+        attempt=row.processing_attempts,
+        content_type=row.content_type,
+    )
 
 
 def complete(
@@ -77,6 +94,7 @@ def complete(
     rendition_type: str,
     thumbnail: StoredRendition,
     preview: StoredRendition,
+    public: PublicCopy,
 ) -> bool:
     """Record the renditions and metadata and make the photo's processing ready; False if it no longer waits.
 
@@ -94,6 +112,9 @@ def complete(
             thumbnail_etag=thumbnail.etag,
             preview_size=preview.size,
             preview_etag=preview.etag,
+            stripped_key=public.key,
+            stripped_size=public.size,
+            stripped_etag=public.etag,
             **_KEEP_UPDATED_AT,
             **metadata,
         )
@@ -156,12 +177,12 @@ def claim_strip(session: Session, photo_id: int) -> StripClaim | None:
     )
 
 
-def complete_strip(session: Session, photo_id: int, *, key: str, size: int | None, etag: str | None) -> bool:
-    """Record the photo's public copy (`key`, or NO_STRIPPED_COPY when none can be made); False if already done."""
+def complete_strip(session: Session, photo_id: int, public: PublicCopy) -> bool:
+    """Record the public copy of a photo processed before public copies existed; False if already done."""
     done = session.execute(
         update(Photo)
         .where(Photo.id == photo_id, Photo.stripped_key.is_(None))
-        .values(stripped_key=key, stripped_size=size, stripped_etag=etag, **_KEEP_UPDATED_AT)
+        .values(stripped_key=public.key, stripped_size=public.size, stripped_etag=public.etag, **_KEEP_UPDATED_AT)
         .returning(Photo.id),
         execution_options={"synchronize_session": False},
     ).one_or_none()
