@@ -50,6 +50,7 @@ JOB_SETTINGS = {
     "JOB_RETRY_BASE_DELAY": "1",
     "DB_STATEMENT_TIMEOUT_MS": "10000",
     "GRACEFUL_TIMEOUT": "10",
+    "CLIENT_BODY_TIMEOUT": "10",  # may not exceed GRACEFUL_TIMEOUT (config rule): the default 20 would refuse to start
 }
 STALE_S = 11
 PROCESSED_WITHIN_S = 30  # a loaded 2-CPU machine; a 12-megapixel JPEG takes ~0.3 s to process
@@ -421,7 +422,9 @@ def test_sigterm_lets_the_job_in_hand_finish_then_the_worker_exits_0(stack: Stac
     worker = stack.worker("worker-sigterm").start()
     try:
         stack.swift_proxy.set(Fault.latency(SLOW_STORAGE_MS))
-        photo = upload(stack, owner, photo_jpeg(1600, 1200))
+        # 800 x 600: through the slow proxy the job (GET of the original, PUT of its copy without metadata
+        # and of the renditions) takes seconds, well inside JOB_TIMEOUT; 1600 x 1200 passed 10 s.
+        photo = upload(stack, owner, photo_jpeg(800, 600))
         enqueued(stack, photo["id"])
         wait_for(lambda: stack.row(photo["id"])["processing_attempts"] == 1, 20, "the job to start", worker)
         assert stack.row(photo["id"])["processing_status"] == "pending"  # in hand, not done
