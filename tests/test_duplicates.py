@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -131,54 +132,83 @@ def test_the_checksum_is_the_md5_of_the_bytes(app: Flask, client: FlaskClient, u
         assert photo.checksum == photo.content_checksum == hashlib.md5(PHOTO).hexdigest()
 
 
+def against_a_held_winner(database_url: str, owner_id: int, data: bytes, request: Callable[[], Any]) -> tuple[int, Any]:
+    """Run `request` while another transaction holds an uncommitted ready photo of `owner_id` with `data`'s
+    checksum: the request's look-up finds nothing and its write waits on the unique index; then commit that
+    photo, so the write fails. Returns the held photo's id and what `request` returned."""
+    engine = create_engine(driver_url(database_url))
+    results: list[Any] = []
+    try:
+        with engine.connect() as conn:
+            trans = conn.begin()
+            winner_id = conn.execute(
+                text(
+                    "INSERT INTO photos (owner_id, filename, original_filename, content_type, file_size, checksum, "
+                    "content_checksum, status, created_at, updated_at) VALUES (:owner, 'u/winner', 'w', "
+                    "'image/png', :size, :sum, :sum, 'ready', now(), now()) RETURNING id"
+                ),
+                {"owner": owner_id, "size": len(data), "sum": hashlib.md5(data).hexdigest()},
+            ).scalar_one()
+            thread = threading.Thread(target=lambda: results.append(request()))
+            thread.start()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # until the request's write waits for our transaction
+                with engine.connect() as probe:
+                    waiting = probe.execute(
+                        text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = :db"),
+                        {"db": engine.url.database},
+                    ).scalar_one()
+                if waiting:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the request never waited on the unique index")
+            trans.commit()
+            thread.join(timeout=30)
+    finally:
+        engine.dispose()
+    assert len(results) == 1
+    return winner_id, results[0]
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_an_upload_losing_the_race_to_an_identical_one_answers_the_winner(
     app: Flask, users: Users, database_url: str
 ) -> None:
-    """Deterministic race: a transaction holds an uncommitted photo with the same bytes, so the upload's
-    look-up finds nothing and its insert waits on the unique index; once that photo commits, the insert
-    fails and the upload answers the winner (200) and leaves no object behind."""
+    """The loser's insert fails on the unique index: it answers the winner (200) and leaves no object behind."""
     user = users.create()
-    engine = create_engine(driver_url(database_url))
-    checksum = hashlib.md5(PHOTO).hexdigest()
-    results: list[Any] = []
-    with engine.connect() as conn:
-        trans = conn.begin()
-        winner_id = conn.execute(
-            text(
-                "INSERT INTO photos (owner_id, filename, original_filename, content_type, file_size, checksum, "
-                "content_checksum, status, created_at, updated_at) VALUES (:owner, 'u/winner.jpg', 'w.jpg', "
-                "'image/jpeg', :size, :sum, :sum, 'ready', now(), now()) RETURNING id"
-            ),
-            {"owner": user["id"], "size": len(PHOTO), "sum": checksum},
-        ).scalar_one()
 
-        def one() -> None:
-            with app.test_client() as c:
-                results.append(upload(c, user["headers"], PHOTO))
+    def post() -> Any:
+        with app.test_client() as c:
+            return upload(c, user["headers"], PHOTO)
 
-        thread = threading.Thread(target=one)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # until the upload's INSERT waits for our transaction
-            with engine.connect() as probe:
-                waiting = probe.execute(
-                    text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = :db"),
-                    {"db": engine.url.database},
-                ).scalar_one()
-            if waiting:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the upload never waited on the unique index")
-        trans.commit()
-        thread.join(timeout=30)
-    engine.dispose()
-    assert len(results) == 1
-    assert results[0].status_code == 200, results[0].get_json()
-    assert results[0].get_json()["id"] == winner_id and results[0].get_json()["duplicate"] is True
+    winner_id, r = against_a_held_winner(database_url, user["id"], PHOTO, post)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["id"] == winner_id and r.get_json()["duplicate"] is True
     assert photo_count(app) == 1
     assert stored_originals(app) == []  # the loser's streamed object was deleted; the winner's row is ours
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_confirm_losing_the_race_to_an_identical_photo_answers_it(
+    app: Flask, client: FlaskClient, users: Users, database_url: str
+) -> None:
+    """The confirm's flip to ready fails on the unique index: its copy and staged object go, the winner is
+    answered, and the pending photo is gone."""
+    user = users.create()
+    data = png(30, 30)
+    started = presign(client, user, file_size=len(data)).get_json()
+    assert put(client, started["upload_url"], data).status_code == 201
+
+    def post() -> Any:
+        with app.test_client() as c:
+            return confirm(c, user, started["photo_id"])
+
+    winner_id, r = against_a_held_winner(database_url, user["id"], data, post)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["id"] == winner_id and r.get_json()["duplicate"] is True
+    assert photo_count(app) == 1
+    assert stored_originals(app) == []  # neither the staged object nor the final copy is left
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
