@@ -185,6 +185,12 @@ class Catalogue:
             ["method"],
             registry=r,
         )
+        self.duplicate_uploads = Counter(
+            "photo_api_duplicate_uploads_total",
+            "Uploads (counted ok in photo_api_uploads_total) answered with the owner's photo of the same bytes",
+            ["method"],
+            registry=r,
+        )
         self.image_deliveries = Counter(
             "photo_api_image_deliveries_total",
             "Image requests by path (cdn: redirect to a signed URL, stream: bytes from storage) and result",
@@ -219,6 +225,7 @@ class Catalogue:
         # event, and an absent series means "not recorded by this version", never "nothing happened yet".
         for method in UPLOAD_METHODS:
             self.upload_bytes.labels(method)
+            self.duplicate_uploads.labels(method)
             for result in UPLOAD_RESULTS:
                 self.uploads.labels(method, result)
         for path in DELIVERY_PATHS:

@@ -155,10 +155,16 @@ class UploadAttempt:
 
     def __init__(self) -> None:
         self.size_bytes = 0
+        self.duplicate = False
 
     def stored(self, size_bytes: int) -> None:
         """The photo is stored and committed: this many bytes."""
         self.size_bytes = size_bytes
+
+    def found_duplicate(self) -> None:
+        """The bytes were the owner's already: nothing stored (no bytes counted), one duplicate counted."""
+        self.duplicate = True
+        self.size_bytes = 0
 
 
 @contextlib.contextmanager
@@ -171,6 +177,8 @@ def upload_attempt(method: str) -> Iterator[UploadAttempt]:
         upload(method, upload_result(exc))
         raise
     upload(method, "ok", attempt.size_bytes)
+    if attempt.duplicate and _catalogue is not None:
+        _catalogue.duplicate_uploads.labels(bounded(method, UPLOAD_METHODS)).inc()
 
 
 def delivery_result(status: int) -> str:

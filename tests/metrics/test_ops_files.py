@@ -136,7 +136,11 @@ def _exercise(instance: Instance) -> None:
     assert r.status_code == 201, r.text
     album_id = r.json()["id"]
     requests.post(url(f"/albums/{album_id}/photos"), headers=headers, json={"photo_ids": [photo_id]}, timeout=timeout)
-    r = requests.post(url(f"/albums/{album_id}/share"), headers=headers, timeout=timeout)
+    # With metadata: the original is served at once (without, its public copy waits for a worker, and
+    # the instance of the scrape test has none).
+    r = requests.post(
+        url(f"/albums/{album_id}/share"), headers=headers, json={"include_metadata": True}, timeout=timeout
+    )
     assert r.status_code == 201, r.text
     token = r.json()["token"]
     assert requests.get(url(f"/share/{token}"), timeout=timeout).status_code == 200
