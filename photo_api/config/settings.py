@@ -149,8 +149,8 @@ class Settings(BaseSettings):
     # CPUs this process may run on (at least 2). A hash that waits longer than the queue timeout for a
     # thread, or finds PASSWORD_HASH_QUEUE_SIZE hashes already waiting, is answered 503 at once.
     password_hash_workers: int | None = Field(default=None, ge=1, le=256)
-    password_hash_queue_size: int = Field(default=32, ge=0, le=10_000)
-    password_hash_queue_timeout: float = Field(default=2.0, ge=0, le=60)
+    password_hash_queue_size: int = Field(default=16, ge=0, le=10_000)
+    password_hash_queue_timeout: float = Field(default=5.0, ge=0, le=60)
 
     # login and registration throttling (flask-limiter "N per period" strings, ";" between several)
     rate_limit_enabled: bool = True
