@@ -131,6 +131,9 @@ def _without_account() -> bool:
 def install(app: Flask, limiter: Limiter, throttles: Throttles, *, on_limited: Callable[[str, str], None]) -> None:
     """Attach `limiter` to `app` and limit the login and register views; `on_limited(route, scope)` per 429."""
     limiter.init_app(app)
+    # Flask-Limiter checks every request in a before_request hook; while Redis is down that check pings
+    # Redis (with its backoff) on whatever request comes: a health probe must never be the one to wait.
+    limiter.request_filter(lambda: request.endpoint not in (LOGIN_ENDPOINT, REGISTER_ENDPOINT))
 
     def breached(route: str, scope: str) -> Callable[[RequestLimit], None]:
         def note(_limit: RequestLimit) -> None:
