@@ -57,7 +57,9 @@ def probe(url: str, seconds: float, results: multiprocessing.Queue[tuple[float, 
     next_at = time.monotonic()
     while next_at < end:
         time.sleep(max(0.0, next_at - time.monotonic()))
-        next_at += PROBE_INTERVAL_S
+        # As a load balancer does: the next probe PROBE_INTERVAL_S after this one was due, or after it
+        # answered when it took longer (probes never overlap), until `seconds` have passed.
+        next_at = max(next_at + PROBE_INTERVAL_S, time.monotonic())
         sent = time.perf_counter()
         try:
             status = requests.get(url, timeout=PROBE_TIMEOUT_S, headers={"Connection": "close"}).status_code
