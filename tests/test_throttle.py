@@ -236,3 +236,36 @@ def test_a_full_hashing_pool_refuses_at_once() -> None:
         release.set()
         holder.join()
     assert pool.run(lambda: "free again") == "free again"
+
+
+def test_a_login_hands_its_database_connection_back_before_hashing(make_app: Callable[..., Flask]) -> None:
+    # One pooled connection, a 0.05 s wait for it, and hashes at the production cost (~0.1 s or more): two
+    # concurrent logins both succeed only if neither holds the connection while it hashes. When logins
+    # held theirs, a flood exhausted the pool and /health's database probe timed out.
+    app = make_app(
+        rate_limit_enabled=False,
+        db_pool_size=1,
+        db_max_overflow=0,
+        db_pool_timeout=0.05,
+        password_hash_time_cost=3,
+        password_hash_memory_kib=65_536,
+        password_hash_parallelism=1,
+    )
+    if collaborators_of(app).db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no connection pool to exhaust")
+    users = Users(app.test_client())
+    accounts = [users.register() for _ in range(2)]
+    start = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def log_in(account: dict[str, str]) -> None:
+        client = app.test_client()
+        start.wait()
+        statuses.append(login(client, account["email"], address=ALICE).status_code)
+
+    threads = [threading.Thread(target=log_in, args=(account,)) for account in accounts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200, 200]
