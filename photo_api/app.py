@@ -39,10 +39,6 @@ from .storage import LocalStorage, Storage, SwiftStorage
 
 log = logging.getLogger(__name__)
 
-# Hashing threads run at a lower priority than the worker's event loop (nice +10: a tenth of its CPU weight
-# when both want a core), so that health probes and every other request of the worker are served first
-# while logins keep both cores busy (ops/bench/RESULTS.md, "Login flood").
-PASSWORD_HASH_NICE = 10
 # The limiter's strategy: a moving window counts exactly N attempts in any period (a fixed window lets 2N
 # through around its boundary), for a few Redis calls per login.
 RATE_LIMIT_STRATEGY = "moving-window"
@@ -163,7 +159,7 @@ def build_hashing_pool(settings: Settings) -> NativePool:
         queue_size=settings.password_hash_queue_size,
         queue_timeout=settings.password_hash_queue_timeout,
         name="Password hashing",
-        nice=PASSWORD_HASH_NICE,
+        nice=settings.password_hash_nice,
         events=metrics.PasswordHashMetrics(),
     )
 

@@ -257,6 +257,7 @@ BAD_ENVIRONMENTS = [
     pytest.param({"RATE_LIMIT_REDIS_TIMEOUT": "0"}, "RATE_LIMIT_REDIS_TIMEOUT", "greater than 0", id="rl-timeout-0"),
     pytest.param({"PASSWORD_HASH_WORKERS": "0"}, "PASSWORD_HASH_WORKERS", "greater than or equal to 1", id="hash-0"),
     pytest.param({"PASSWORD_HASH_QUEUE_SIZE": "-1"}, "PASSWORD_HASH_QUEUE_SIZE", "greater than", id="hash-queue"),
+    pytest.param({"PASSWORD_HASH_NICE": "20"}, "PASSWORD_HASH_NICE", "less than or equal to 19", id="hash-nice"),
     pytest.param(
         {"PASSWORD_HASH_QUEUE_TIMEOUT": "120"}, "PASSWORD_HASH_QUEUE_TIMEOUT", "less than", id="hash-queue-timeout"
     ),

@@ -269,3 +269,21 @@ def test_a_login_hands_its_database_connection_back_before_hashing(make_app: Cal
     for thread in threads:
         thread.join()
     assert statuses == [200, 200]
+
+
+def test_hashing_threads_run_at_a_lower_priority() -> None:
+    # The pool's threads lower their own nice value once; the caller's (the event loop's) is untouched.
+    import os
+
+    import gevent.threadpool
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    pool = NativePool(1, queue_size=0, queue_timeout=0, nice=5)
+    # Outside gevent `run` works in the caller's thread; the pool's own thread is what a worker uses.
+    threads = gevent.threadpool.ThreadPool(1)
+    try:
+        seen = threads.apply(pool._call, (lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), (), {}))
+    finally:
+        threads.kill()
+    assert seen == min(own + 5, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own

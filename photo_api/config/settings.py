@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     password_hash_workers: int | None = Field(default=None, ge=1, le=256)
     password_hash_queue_size: int = Field(default=16, ge=0, le=10_000)
     password_hash_queue_timeout: float = Field(default=5.0, ge=0, le=60)
+    # How much lower than the event loop the hashing threads run (Linux nice increment, 0: the same): when
+    # the cores are busy hashing, the kernel runs the loops (health probes, every other request) first.
+    # On a VM shared with other busy processes, niced hashing also yields to them: 0 then.
+    password_hash_nice: int = Field(default=10, ge=0, le=19)
 
     # login and registration throttling (flask-limiter "N per period" strings, ";" between several)
     rate_limit_enabled: bool = True
