@@ -14,7 +14,9 @@ GIL does not delay it, sends GET /health on a new connection every 100 ms.
 Printed per run: logins/s, 200/503/other answers, login p50/p99, /health p50/p99/max, probes slower than
 HEALTH_CHECK_TIMEOUT and probes that did not answer 200; and, as the reference for login throughput, the
 rate at which one core of this machine hashes with the same cost (issue target: no lower than that).
-`--serve-script` runs the server from another checkout's virtualenv (e.g. the code before a change).
+`--serve-script` runs the server from another checkout's virtualenv (e.g. the code before a change);
+`--env NAME=VALUE` adds a server setting (e.g. PASSWORD_HASH_NICE=0); `--honour-retry-after` makes the
+clients wait a 503's Retry-After instead of retrying at once.
 """
 
 from __future__ import annotations
@@ -94,8 +96,20 @@ class Run:
         )
 
 
-def flood(server: ServeProcess, accounts: list[dict[str, str]], clients: int, seconds: float, timeout_s: float) -> Run:
-    """`clients` threads logging in for `seconds` while a probe process probes /health."""
+def flood(
+    server: ServeProcess,
+    accounts: list[dict[str, str]],
+    clients: int,
+    seconds: float,
+    timeout_s: float,
+    *,
+    honour_retry_after: bool = False,
+) -> Run:
+    """`clients` threads logging in for `seconds` while a probe process probes /health.
+
+    `honour_retry_after`: a client answered 503 waits its Retry-After before the next attempt, as a well
+    behaved client does; without it the clients retry at once (a flood).
+    """
     stop = threading.Event()
     statuses: Counter[int] = Counter()
     login_ms: list[float] = []
@@ -107,13 +121,18 @@ def flood(server: ServeProcess, accounts: list[dict[str, str]], clients: int, se
         with requests.Session() as http:
             while not stop.is_set():
                 sent = time.perf_counter()
+                wait = 0.0
                 try:
-                    status = http.post(server.url("/auth/login"), json=body, timeout=LOGIN_TIMEOUT_S).status_code
+                    answer = http.post(server.url("/auth/login"), json=body, timeout=LOGIN_TIMEOUT_S)
+                    status = answer.status_code
+                    if honour_retry_after and status == 503:
+                        wait = float(answer.headers.get("Retry-After", "1"))
                 except requests.RequestException:
                     status = 0
                 with lock:
                     statuses[status] += 1
                     login_ms.append((time.perf_counter() - sent) * 1000)
+                stop.wait(wait)
 
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue[tuple[float, int]] = context.Queue()
@@ -165,6 +184,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--serve-script", help="the photo-api console script to serve with (default: this one)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting")
+    parser.add_argument("--honour-retry-after", action="store_true", help="clients wait Retry-After after a 503")
     args = parser.parse_args()
 
     print(machine())
@@ -179,7 +199,9 @@ def main() -> None:
             users = Users.at(server.url())
             accounts = [users.register() for _ in range(USERS)]
             for clients in args.clients:
-                print(flood(server, accounts, clients, args.seconds, timeout_s).line(), flush=True)
+                polite = args.honour_retry_after
+                run = flood(server, accounts, clients, args.seconds, timeout_s, honour_retry_after=polite)
+                print(run.line(), flush=True)
 
 
 if __name__ == "__main__":
