@@ -15,7 +15,8 @@ from .errors import ServiceUnavailableError
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# How long a caller refused by a full NativePool is told to wait: a hash takes ~0.1 s, the queue drains fast.
+# How long a caller refused by a full NativePool is told to wait: a hash takes ~0.3 s of CPU (production cost,
+# ops/bench/RESULTS.md), so a second sees several hashes end.
 POOL_RETRY_AFTER_S = 1
 
 

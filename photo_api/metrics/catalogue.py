@@ -44,7 +44,7 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 EXTERNAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # A renditions job takes ~0.3 s for a 12-megapixel JPEG (ops/bench/RESULTS.md), seconds for the largest
 # images; JOB_TIMEOUT caps it.
-# A free hashing thread is taken in microseconds; a queued hash waits for one or more hashes (~0.05-0.2 s
+# A free hashing thread is taken in microseconds; a queued hash waits for one or more hashes (~0.3 s of CPU
 # each at the production cost) up to PASSWORD_HASH_QUEUE_TIMEOUT.
 QUEUE_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
