@@ -21,6 +21,9 @@ from .catalogue import (
     DELIVERY_RESULTS,
     JOB_NAMES,
     JOB_RESULTS,
+    POOL_REJECTIONS,
+    THROTTLE_SCOPES,
+    THROTTLED_ROUTES,
     UPLOAD_METHODS,
     UPLOAD_RESULTS,
     Catalogue,
@@ -240,3 +243,29 @@ class JobMetrics:
         """A job was handed to the queue, or the queue was unavailable."""
         if _catalogue is not None:
             _catalogue.job_enqueues.labels("ok" if ok else "failed").inc()
+
+
+def rate_limited(route: str, scope: str) -> None:
+    """Count one request refused by the throttling (`login`/`register`, `account`/`address`)."""
+    if _catalogue is not None:
+        _catalogue.rate_limited.labels(bounded(route, THROTTLED_ROUTES), bounded(scope, THROTTLE_SCOPES)).inc()
+
+
+def rate_limit_store_error() -> None:
+    """Count one failed call to the throttling's Redis."""
+    if _catalogue is not None:
+        _catalogue.rate_limit_store_errors.inc()
+
+
+class PasswordHashMetrics:
+    """What the password hashing pool reports (photo_api.greenlets.PoolEvents): queue waits, refusals."""
+
+    def waited(self, seconds: float) -> None:
+        """A hash got a thread after `seconds` in the queue."""
+        if _catalogue is not None:
+            _catalogue.password_hash_wait.observe(seconds)
+
+    def rejected(self, reason: str) -> None:
+        """A hash was refused (`queue_full` or `timeout`)."""
+        if _catalogue is not None:
+            _catalogue.password_hash_rejected.labels(bounded(reason, POOL_REJECTIONS)).inc()

@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from tests.harness.jobs_redis import fresh_jobs_redis
+from tests.harness.redis_db import JOBS_DB, fresh_redis
 from tests.images import png
 from tests.metrics.conftest import HTTP_TIMEOUT_S, Instance, StartInstance, debian_tool
 
@@ -152,7 +152,7 @@ def _exercise(instance: Instance) -> None:
 @pytest.mark.slow
 def test_every_metric_queried_exists_in_a_real_scrape(start_instance: StartInstance) -> None:
     # With a job queue on Redis, so that its depth is exported (no worker: the upload's job just waits).
-    instance = start_instance({"REDIS_URL": fresh_jobs_redis()}, workers=2)
+    instance = start_instance({"REDIS_URL": fresh_redis(JOBS_DB)}, workers=2)
     _exercise(instance)
     exposed = instance.scrape().names
 

@@ -32,7 +32,7 @@ from photo_api.db import driver_url
 from tests.harness.databases import pg_database
 from tests.harness.env import production_env, swift_settings
 from tests.harness.faultproxy import Fault, FaultProxy
-from tests.harness.jobs_redis import fresh_jobs_redis, jobs_redis_address, jobs_redis_url
+from tests.harness.redis_db import JOBS_DB, fresh_redis, redis_address, redis_url
 from tests.harness.server import JobWorker, ServeProcess, clean_environment, console_script, free_port
 from tests.harness.users import Users
 from tests.images import photo_heic, photo_jpeg, png_bomb
@@ -115,8 +115,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("media-jobs")
-    redis_host, redis_port = jobs_redis_address()
-    fresh_jobs_redis()
+    redis_host, redis_port = redis_address()
+    fresh_redis(JOBS_DB)
     with (
         pg_database("photo_api_media") as url,
         FaultProxy((redis_host, redis_port)) as redis_proxy,
@@ -142,7 +142,7 @@ def stack(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory
             log_level="WARNING",
             metrics_port=free_port(),
             metrics_dir=work / "prometheus-api",
-            overrides={**JOB_SETTINGS, "REDIS_URL": jobs_redis_url(proxy_host, int(proxy_port))},
+            overrides={**JOB_SETTINGS, "REDIS_URL": redis_url(JOBS_DB, proxy_host, int(proxy_port))},
         )
         worker_env = production_env(
             url,
@@ -151,7 +151,7 @@ def stack(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory
             log_level="INFO",
             overrides={
                 **JOB_SETTINGS,
-                "REDIS_URL": jobs_redis_url(),
+                "REDIS_URL": redis_url(JOBS_DB),
                 "METRICS_ENABLED": "false",
                 # The job's GET of the original waits this long on a silent Swift: longer than any test here.
                 "STORAGE_DOWNLOAD_TIMEOUT": "60",
