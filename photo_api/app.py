@@ -16,6 +16,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from flask import Flask
+from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, metrics, migrate
@@ -24,6 +25,7 @@ from .api.uploads import UploadVerifier
 from .clients import CdnTokens, LogShipper, build_cdn_tokens, build_log_shipper
 from .config import ConfigError, Settings, load_settings, problem
 from .db import Database
+from .greenlets import NativePool, cpu_count
 from .health import DatabaseProbe
 from .jobs.events import JobEvents
 from .jobs.local import native_offload
@@ -36,6 +38,10 @@ from .security import Passwords, Tokens
 from .storage import LocalStorage, Storage, SwiftStorage
 
 log = logging.getLogger(__name__)
+
+# The limiter's strategy: a moving window counts exactly N attempts in any period (a fixed window lets 2N
+# through around its boundary), for a few Redis calls per login.
+RATE_LIMIT_STRATEGY = "moving-window"
 
 # The local backend's upload URLs are signed with a key derived from the JWT secret, so that operators
 # manage one secret only; the label keeps the two uses of the secret apart.
@@ -68,7 +74,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                 time_cost=settings.password_hash_time_cost,
                 memory_cost=settings.password_hash_memory_kib,
                 parallelism=settings.password_hash_parallelism,
-            )
+            ),
+            build_hashing_pool(settings),
         ),
         tokens=Tokens(_secret(settings), settings.jwt_algorithm, settings.access_token_expire_minutes * 60),
         probe=DatabaseProbe(db, settings.health_check_timeout, settings.health_check_cache_seconds),
@@ -105,6 +112,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The signed PUT route exists only for a backend whose upload URLs point back at this service; with
     # Swift the client PUTs to Swift itself, and the path answers 404 like any unknown one.
     api.init_app(app, docs=settings.enable_docs, direct_uploads=isinstance(storage, UploadVerifier))
+    if settings.rate_limit_enabled:
+        api.throttle.install(
+            app,
+            build_limiter(settings),
+            api.throttle.Throttles(
+                login_per_account=settings.rate_limit_login_per_account,
+                login_per_address=settings.rate_limit_login_per_address,
+                register_per_address=settings.rate_limit_register_per_address,
+            ),
+            on_limited=metrics.rate_limited,
+        )
 
     if shipper is not None:
         # Every record of the process also goes to Log & Crash, from a bounded queue drained in the
@@ -132,6 +150,56 @@ def _require_explicit(settings: Settings) -> None:
 def _secret(settings: Settings) -> str:
     assert settings.jwt_secret_key is not None, "checked by _require_explicit"
     return settings.jwt_secret_key.get_secret_value()
+
+
+def build_hashing_pool(settings: Settings) -> NativePool:
+    """Password hashing's own threads: PASSWORD_HASH_WORKERS (default: the CPUs, at least 2) and its queue."""
+    return NativePool(
+        settings.password_hash_workers or max(2, cpu_count()),
+        queue_size=settings.password_hash_queue_size,
+        queue_timeout=settings.password_hash_queue_timeout,
+        name="Password hashing",
+        nice=settings.password_hash_nice,
+        events=metrics.PasswordHashMetrics(),
+    )
+
+
+def build_limiter(settings: Settings) -> Limiter:
+    """The login/registration limiter: on REDIS_URL's Redis (shared by the fleet), else in this worker's memory.
+
+    Fails open: when Redis fails, Flask-Limiter counts in memory (`in_memory_fallback_enabled`) and checks
+    Redis again with a backoff; `swallow_errors` lets any other failure of the limiter through too. Each
+    failed Redis call is logged and counted; a short socket timeout and no retries bound what a login
+    waits for a Redis that does not answer.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    storage_uri, options = "memory://", {}
+    if settings.redis_url is not None:
+        storage_uri = api.throttle.STORE_SCHEME_PREFIX + settings.redis_url
+        timeout = settings.rate_limit_redis_timeout
+        options = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "on_error": _rate_limit_store_failed,
+        }
+    return Limiter(
+        key_func=api.throttle.client_address,
+        storage_uri=storage_uri,
+        storage_options=options,  # type: ignore[arg-type]  # passed through to the storage and redis-py
+        strategy=RATE_LIMIT_STRATEGY,
+        key_prefix=api.throttle.KEY_PREFIX,
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+        headers_enabled=False,  # X-RateLimit-* on every answer would cost a Redis call each
+    )
+
+
+def _rate_limit_store_failed(error: str) -> None:
+    log.warning("rate limit store failed; counting in this worker's memory", extra={"error": error})
+    metrics.rate_limit_store_error()
 
 
 def job_context(

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from .errors import ServiceUnavailableError
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# How long a caller refused by a full NativePool is told to wait: a hash takes ~0.3 s of CPU (production cost,
+# ops/bench/RESULTS.md), so a second sees several hashes end.
+POOL_RETRY_AFTER_S = 1
 
 
 def is_green() -> bool:
@@ -88,13 +96,146 @@ def outside_deadlines() -> Iterator[None]:
             timer.start()
 
 
-def offload(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run CPU-heavy `fn` on gevent's native thread pool so the worker's other greenlets keep running.
+class PoolBusyError(ServiceUnavailableError):
+    """A NativePool had no thread free within its queue timeout, or its queue was full: the work did not run."""
 
-    Used for password hashing: argon2 releases the GIL, so the hub keeps serving while a thread hashes.
+    def __init__(self, name: str, reason: str, retry_after: int = POOL_RETRY_AFTER_S) -> None:
+        super().__init__(f"{name} is busy, retry shortly", retry_after=retry_after)
+        self.reason = reason  # "queue_full" | "timeout"
+
+
+class PoolEvents(Protocol):
+    """What a NativePool reports (the composition root turns it into metrics)."""
+
+    def waited(self, seconds: float) -> None:
+        """A call got a thread after waiting `seconds` in the queue (0 when one was free)."""
+
+    def rejected(self, reason: str) -> None:
+        """A call was refused: `queue_full` or `timeout`."""
+
+
+class _NoEvents:
+    def waited(self, seconds: float) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+
+class NativePool:
+    """At most `threads` calls at once on OS threads of this pool's own, the rest waiting in a bounded queue.
+
+    For CPU work that releases the GIL (argon2): under gevent the calling greenlet waits cooperatively
+    while a real thread computes, so the event loop keeps serving. The threads are not gevent's hub
+    threadpool, which also resolves host names for every outbound connection: a flood of such work must
+    not delay DNS. A call waits at most `queue_timeout` for a thread, and is refused at once when
+    `queue_size` calls already wait (PoolBusyError, a 503 with Retry-After): under a flood the excess is
+    answered in milliseconds instead of piling up until every client has timed out.
+
+    Outside gevent (tests, `flask run`) the calling thread does the work itself, within the same bounds.
+    The threads are started at the first call, in the process that makes it (after gunicorn's fork).
     """
-    if not is_green():
-        return fn(*args, **kwargs)
-    import gevent
 
-    return gevent.get_hub().threadpool.apply(fn, args, kwargs)
+    def __init__(
+        self,
+        threads: int,
+        *,
+        queue_size: int,
+        queue_timeout: float,
+        name: str = "pool",
+        nice: int = 0,
+        events: PoolEvents | None = None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError("a pool needs at least one thread")
+        if queue_size < 0 or queue_timeout < 0:
+            raise ValueError("queue_size and queue_timeout must not be negative")
+        self.name = name
+        self.threads = threads
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self.nice = nice
+        self.waiting = 0
+        self.in_flight = 0
+        self._events: PoolEvents = events or _NoEvents()
+        # gevent's semaphore in a worker (threading is patched before the app is built), a real one elsewhere.
+        self._slots = threading.BoundedSemaphore(threads)
+        self._pool: Any = None
+        self._niced: set[int] = set()  # native ids of the pool's threads whose priority was lowered
+
+    def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `fn` on one of the pool's threads and return its result (its exception is raised here)."""
+        started = time.monotonic()
+        if not self._slots.acquire(blocking=False):
+            if self.waiting >= self.queue_size:
+                self._events.rejected("queue_full")
+                raise PoolBusyError(self.name, "queue_full")
+            self.waiting += 1
+            try:
+                got = self._slots.acquire(timeout=self.queue_timeout)
+            finally:
+                self.waiting -= 1
+            if not got:
+                self._events.rejected("timeout")
+                raise PoolBusyError(self.name, "timeout")
+        self._events.waited(time.monotonic() - started)
+        self.in_flight += 1
+        try:
+            if not is_green():
+                return fn(*args, **kwargs)
+            result: T = self._threadpool().apply(self._call, (fn, args, kwargs))
+            return result
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+
+    def _threadpool(self) -> Any:
+        if self._pool is None:
+            from gevent.threadpool import ThreadPool
+
+            self._pool = ThreadPool(self.threads)
+        return self._pool
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        # Runs on the pool's thread. A lower priority than the event loop's thread: when the cores are
+        # busy hashing, the kernel still runs the loop (health probes, every other request) first.
+        tid = threading.get_native_id()
+        if self.nice and tid not in self._niced:
+            with contextlib.suppress(OSError):  # a lower priority is always allowed; never fail the call for it
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice)
+            self._niced.add(tid)
+        return fn(*args, **kwargs)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity, as a container or taskset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# The longest a connection waits for its turn after a response: a few requests' worth of other connections.
+FAIR_TURN_MAX_WAIT_S = 0.005
+
+
+def let_other_connections_run() -> None:
+    """Under gevent, wait until every greenlet that is ready to run (ready sockets included) has had its turn.
+
+    gunicorn's gevent worker serves a keep-alive connection in a loop, and a socket read that finds the
+    next request already waiting does not yield: a client that always has its next request in flight is
+    served back-to-back while the worker's other connections wait (1 to 2 s maxima on a 7 ms route under wrk).
+    `gevent.sleep(0)` is not enough: it yields only within the current loop iteration, before sockets are
+    polled again (tests/e2e/test_fair_keepalive.py: another connection's one request waited for 51 of 300
+    pipelined ones with it, 300 with nothing, 1 to 2 with this). `gevent.idle()` waits until the loop has
+    processed every pending event, so each ready connection is served before this one goes on; when
+    nothing else is ready it returns at once. A loop that is never idle (new connections arriving faster
+    than they are served) would hold this connection back indefinitely, so the wait is capped at
+    FAIR_TURN_MAX_WAIT_S. (A short positive `gevent.sleep` is not used instead: libev's epoll waits at
+    least 1 ms for a timer, which would add up to 1 ms to every keep-alive request of an idle worker.)
+    """
+    if is_green():
+        import gevent
+
+        with gevent.Timeout(FAIR_TURN_MAX_WAIT_S, False):
+            gevent.idle()

@@ -7,7 +7,7 @@ runs in the master (the drain, the metrics directory, exporter and pusher) is bu
 function that others can add a line to. Where each runs: `on_starting`, `when_ready`,
 `child_exit` and `on_exit` in the master (`on_exit` after every worker has exited); `post_fork` in the
 worker right after the fork, before gevent patches it and before the app is imported; `post_worker_init`,
-`pre_request` and `worker_exit` in the worker once it is patched and has the app.
+`pre_request`, `post_request` and `worker_exit` in the worker once it is patched and has the app.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 import os
 from typing import Any
 
-from photo_api import lifecycle, metrics
+from photo_api import greenlets, lifecycle, metrics
 from photo_api.config import load_settings
 from photo_api.jobs.queue import queue_depth_reader
 
@@ -114,6 +114,11 @@ def post_worker_init(worker: Any) -> None:
 def pre_request(worker: Any, req: Any) -> None:
     """Worker, before each request: while draining, close the connection after this response."""
     lifecycle.force_close_while_draining(req)
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+    """Worker, after each response is sent: let the worker's other ready connections go first."""
+    greenlets.let_other_connections_run()
 
 
 def worker_exit(server: Any, worker: Any) -> None:

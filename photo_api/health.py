@@ -118,18 +118,28 @@ class DatabaseProbe:
         return None
 
 
-def readiness(probe: DatabaseProbe, *, draining: bool, informational: dict[str, dict[str, Any]]) -> HealthReport:
+def readiness(
+    probe: DatabaseProbe, *, draining: Callable[[], bool], informational: dict[str, dict[str, Any]]
+) -> HealthReport:
     """Can this instance serve? Only draining, the database and its schema decide; other checks are informational.
 
     A draining instance answers at once, with the last database result it has: the load balancer
-    must see the 503 without waiting for a database that may be down too.
+    must see the 503 without waiting for a database that may be down too. `draining` is asked again after
+    the database probe: a probe that was slow (a worker's first connection) and began before SIGTERM must
+    not record "ready" after a draining answer from another worker has recorded "not ready".
     """
-    if draining:
-        checks = probe.last() or {"database": {"status": UNKNOWN}}
-        return HealthReport(status="draining", timestamp=utcnow(), checks={**checks, **informational})
+    if draining():
+        return _draining(probe, informational)
     checks = probe.check()
+    if draining():
+        return _draining(probe, informational)
     ok = all(checks[name]["status"] == HEALTHY for name in READINESS_CHECKS)
     return HealthReport(status="healthy" if ok else "unhealthy", timestamp=utcnow(), checks={**checks, **informational})
+
+
+def _draining(probe: DatabaseProbe, informational: dict[str, dict[str, Any]]) -> HealthReport:
+    checks = probe.last() or {"database": {"status": UNKNOWN}}
+    return HealthReport(status="draining", timestamp=utcnow(), checks={**checks, **informational})
 
 
 def _from_circuit(circuit: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -115,6 +117,23 @@ class Photo(Base):
         Index("ix_photos_status_upload_expires", "status", "upload_expires_at"),
         # The reaper's query: photos whose job was never enqueued, or long ago.
         Index("ix_photos_processing_enqueued", "processing_status", "processing_enqueued_at"),
+        # Duplicate detection: one photo per owner and content. Two identical uploads at once both insert;
+        # this index lets exactly one commit, and the other answers with it (services/photos.py).
+        Index(
+            "uq_photos_owner_content_checksum",
+            "owner_id",
+            "content_checksum",
+            unique=True,
+            postgresql_where=text("content_checksum IS NOT NULL"),
+            sqlite_where=text("content_checksum IS NOT NULL"),
+        ),
+        # The reaper's query: processed photos whose public copy (without metadata) is still to be made.
+        Index(
+            "ix_photos_unstripped",
+            "id",
+            postgresql_where=text("stripped_key IS NULL AND processing_status <> 'pending'"),
+            sqlite_where=text("stripped_key IS NULL AND processing_status <> 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -124,6 +143,9 @@ class Photo(Base):
     content_type: Mapped[str] = mapped_column(String(100))
     file_size: Mapped[int] = mapped_column(BigInteger)
     checksum: Mapped[str | None] = mapped_column(String(64))  # MD5 hex of the stored bytes (the ETag)
+    # The checksum again, on the one ready photo of its owner with these bytes (None on a pending photo, and
+    # on an identical photo kept from before duplicate detection): what a duplicate upload is looked up by.
+    content_checksum: Mapped[str | None] = mapped_column(String(64))
     title: Mapped[str | None] = mapped_column(String(255))
     description: Mapped[str | None] = mapped_column(Text)
     status: Mapped[PhotoStatus] = mapped_column(
@@ -177,11 +199,21 @@ class Photo(Base):
     gps_altitude: Mapped[float | None] = mapped_column(Float)
     # The original carries EXIF or XMP (camera, place, ...): a public copy must lose it. None: not read yet.
     has_embedded_metadata: Mapped[bool | None] = mapped_column(Boolean)
+    # The original without its metadata, losslessly (photo_api/media/strip.py), for shares without metadata.
+    # None: not made yet; the original's own key: it had nothing to remove; NO_STRIPPED_COPY: it cannot be
+    # made (a format kept whole, or bytes the filter does not understand) and the public gets the preview.
+    stripped_key: Mapped[str | None] = mapped_column(String(512))
+    stripped_size: Mapped[int | None] = mapped_column(BigInteger)
+    stripped_etag: Mapped[str | None] = mapped_column(String(64))
 
     @property
     def has_location(self) -> bool:
         """The original records where it was taken."""
         return self.gps_latitude is not None and self.gps_longitude is not None
+
+
+# `stripped_key` of a photo whose original cannot be served without its metadata losslessly.
+NO_STRIPPED_COPY = ""
 
 
 class Album(Base):
@@ -229,6 +261,8 @@ class ShareLink(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     view_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # False (the default): the public gets the original without its EXIF/XMP/GPS (the stripped copy).
+    include_metadata: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PendingObjectDeletion(Base):

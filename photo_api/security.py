@@ -7,12 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any, TypeVar
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .greenlets import offload
+from .greenlets import NativePool
+
+T = TypeVar("T")
 
 TOKEN_TYPE = "access"
 # Leeway for clock skew between the instances of the fleet.
@@ -40,30 +43,37 @@ def password_weakness(password: str) -> str | None:
 
 
 class Passwords:
-    """argon2id hashing, run on a native thread so a hash never stalls the other greenlets of a worker."""
+    """argon2id hashing, on a bounded pool of native threads so a hash never stalls the other greenlets.
 
-    def __init__(self, hasher: PasswordHasher | None = None):
+    Without a pool (scripts, tests of the hasher) the calling thread hashes. With one, a flood of logins
+    gets PoolBusyError (503 with Retry-After) for what the pool cannot take within its queue timeout.
+    """
+
+    def __init__(self, hasher: PasswordHasher | None = None, pool: NativePool | None = None):
         # argon2-cffi's defaults are RFC 9106's low-memory profile (t=3, m=64 MiB, p=4).
         self._hasher = hasher or PasswordHasher()
+        self._pool = pool
         self._dummy: str | None = None
 
-    @property
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._pool.run(fn, *args) if self._pool is not None else fn(*args)
+
     def _dummy_hash(self) -> str:
         # Verified when the e-mail is unknown, so that answer takes as long as a wrong password; made on
-        # first use with the configured cost, so that both answers cost the same.
+        # first use with the configured cost (on the pool: never on the event loop), so both cost the same.
         if self._dummy is None:
-            self._dummy = self._hasher.hash("dummy password for timing equalisation")
+            self._dummy = self._run(self._hasher.hash, "dummy password for timing equalisation")
         return self._dummy
 
     def hash(self, password: str) -> str:
         """Hash a password (argon2 never truncates, unlike bcrypt's 72 bytes)."""
-        return offload(self._hasher.hash, password)
+        return self._run(self._hasher.hash, password)
 
     def verify(self, password_hash: str | None, password: str) -> bool:
         """Check a password; with `password_hash=None` spend the same time and return False."""
         try:
-            return (
-                offload(self._hasher.verify, password_hash or self._dummy_hash, password) and password_hash is not None
+            return self._run(self._hasher.verify, password_hash or self._dummy_hash(), password) and (
+                password_hash is not None
             )
         except (VerificationError, InvalidHashError):
             return False

@@ -81,6 +81,8 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "password_hash_time_cost": 1,
             "password_hash_memory_kib": 1024,
             "password_hash_parallelism": 1,
+            # Tests register and log in hundreds of times from one address; tests/test_throttle.py turns it on.
+            "rate_limit_enabled": False,
         }
         values.update(overrides)
         return load_settings(environ={}, **values)

@@ -20,8 +20,9 @@ from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from tests.doubles.nhn_cdn import CdnApiDouble, CdnEdgeDouble
 from tests.harness.users import Users
-from tests.images import png
+from tests.images import photo_jpeg, png
 from tests.metrics.conftest import parse
+from tests.test_media_pipeline import settle
 
 APP_KEY = "cdn-app-key-1"
 SECRET_KEY = "cdn-secret-key-1"
@@ -93,9 +94,18 @@ def test_local_token_mode_redirects_owner_and_share_images_with_their_own_durati
     album = client.post("/albums", headers=user["headers"], json={"name": "a"}).get_json()
     client.post(f"/albums/{album['id']}/photos", headers=user["headers"], json={"photo_ids": [photo["id"]]})
     share = client.post(f"/albums/{album['id']}/share", headers=user["headers"], json={}).get_json()
+    settle(app)  # the public copy is made by the background job
     r = client.get(f"/share/{share['token']}/photos/{photo['id']}/image")
     assert r.status_code == 302
+    # A PNG without metadata is its own public copy.
     check_redirect(r.headers["Location"], edge, photo["filename"], 7200)
+    # A photo with EXIF: the CDN is sent to its copy without metadata, never to the original.
+    camera = upload(client, user["headers"], photo_jpeg(64, 48, gps=(37.5, 127.0)))
+    client.post(f"/albums/{album['id']}/photos", headers=user["headers"], json={"photo_ids": [camera["id"]]})
+    settle(app)
+    r = client.get(f"/share/{share['token']}/photos/{camera['id']}/image")
+    assert r.status_code == 302
+    check_redirect(r.headers["Location"], edge, f"r/{user['id']}/{camera['id']}/public.jpg", 7200)
     assert client.get("/health").get_json()["checks"]["cdn"] == {"status": "healthy", "circuit": "closed"}
 
 

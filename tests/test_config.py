@@ -247,6 +247,22 @@ BAD_ENVIRONMENTS = [
         id="stale-not-above-job-timeout",
     ),
     pytest.param({"MEDIA_MAX_PIXELS": "200000000"}, "MEDIA_MAX_PIXELS", "178000000", id="pixels-above-pillow"),
+    # login and registration throttling, password hashing pool
+    pytest.param({"RATE_LIMIT_LOGIN_PER_ACCOUNT": "ten"}, "RATE_LIMIT_LOGIN_PER_ACCOUNT", "per minute", id="rl-word"),
+    pytest.param(
+        {"RATE_LIMIT_LOGIN_PER_ADDRESS": "5 per fortnight"}, "RATE_LIMIT_LOGIN_PER_ADDRESS", "rate limits", id="rl-unit"
+    ),
+    pytest.param(
+        {"RATE_LIMIT_REGISTER_PER_ADDRESS": "0 per hour"}, "RATE_LIMIT_REGISTER_PER_ADDRESS", "at least 1", id="rl-zero"
+    ),
+    pytest.param({"RATE_LIMIT_REGISTER_PER_ADDRESS": ";"}, "RATE_LIMIT_REGISTER_PER_ADDRESS", "limits", id="rl-semi"),
+    pytest.param({"RATE_LIMIT_REDIS_TIMEOUT": "0"}, "RATE_LIMIT_REDIS_TIMEOUT", "greater than 0", id="rl-timeout-0"),
+    pytest.param({"PASSWORD_HASH_WORKERS": "0"}, "PASSWORD_HASH_WORKERS", "greater than or equal to 1", id="hash-0"),
+    pytest.param({"PASSWORD_HASH_QUEUE_SIZE": "-1"}, "PASSWORD_HASH_QUEUE_SIZE", "greater than", id="hash-queue"),
+    pytest.param({"PASSWORD_HASH_NICE": "20"}, "PASSWORD_HASH_NICE", "less than or equal to 19", id="hash-nice"),
+    pytest.param(
+        {"PASSWORD_HASH_QUEUE_TIMEOUT": "120"}, "PASSWORD_HASH_QUEUE_TIMEOUT", "less than", id="hash-queue-timeout"
+    ),
     pytest.param({"RENDITION_FORMAT": "avif"}, "RENDITION_FORMAT", "webp", id="rendition-format"),
     # the connection budget at the default pools: 10 x (2 x (20 + 5) + 2 + 1) + 1 = 531 against 100 - 3 - 3
     pytest.param(
@@ -386,6 +402,18 @@ def test_development_takes_an_http_public_base_url() -> None:
 @pytest.mark.parametrize("url", ["redis://10.0.0.5:6379/0", "rediss://:pw@cache.internal/2", "unix:///run/redis.sock"])
 def test_redis_urls_that_load(url: str) -> None:
     assert load_settings(environ={"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("value", ["10 per minute", "10/minute;50/hour", "3 per 10 seconds", "100 per day"])
+def test_rate_limits_that_load(value: str) -> None:
+    settings = load_settings(environ={"RATE_LIMIT_LOGIN_PER_ACCOUNT": value})
+    assert settings.rate_limit_login_per_account == value
+
+
+def test_default_rate_limits_are_valid_and_on() -> None:
+    settings = load_settings(environ={})
+    assert settings.rate_limit_enabled
+    assert settings.password_hash_workers is None  # the CPUs, decided by the composition root
 
 
 def test_valid_production_environment_loads() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, inspect, text
 
@@ -163,6 +164,46 @@ def test_upgrade_step_by_step_records_each_epoch_and_downgrade_undoes_it(empty_u
     assert scalar(empty_url, "SELECT epoch FROM photo_api_schema") == migrate.expectation().epochs["0002"]
     migrate.upgrade(empty_url)
     assert migrate.current(empty_url) == migrate.head()
+
+
+def test_0004_migrates_a_database_that_already_holds_identical_photos(empty_url: str) -> None:
+    """Duplicates uploaded before duplicate detection keep their rows; the oldest of each group is the one
+    a new duplicate is answered with, and from then on the unique index holds."""
+    migrate.upgrade(empty_url, "0003_media")
+    photo = (
+        "INSERT INTO photos (id, owner_id, filename, original_filename, content_type, file_size, checksum, status, "
+        "created_at, updated_at) VALUES ({id}, {owner}, 'k{id}', 'a.jpg', 'image/jpeg', 3, {checksum}, '{status}', "
+        "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+    )
+    execute(
+        empty_url,
+        "INSERT INTO users (id, email, username, password_hash, is_active, created_at, updated_at) VALUES "
+        "(1, 'a@x.test', 'a', 'h', true, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), "
+        "(2, 'b@x.test', 'b', 'h', true, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+        photo.format(id=1, owner=1, checksum="'same'", status="ready"),
+        photo.format(id=2, owner=1, checksum="'same'", status="ready"),
+        photo.format(id=3, owner=2, checksum="'same'", status="ready"),
+        photo.format(id=4, owner=1, checksum="NULL", status="pending"),
+        photo.format(id=5, owner=1, checksum="'other'", status="ready"),
+    )
+    migrate.upgrade(empty_url)
+    engine = create_engine(driver_url(empty_url))
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, content_checksum, stripped_key FROM photos ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [
+            (1, "same", None),
+            (2, None, None),
+            (3, "same", None),
+            (4, None, None),
+            (5, "other", None),
+        ]
+        include = conn.execute(text("SELECT include_metadata FROM share_links")).all()
+        assert include == []
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        execute(empty_url, "UPDATE photos SET content_checksum = 'same' WHERE id = 2")
+    engine.dispose()
+    command.downgrade(migrate.alembic_config(empty_url), "0003_media")  # and 0004 can be taken back
+    assert migrate.current(empty_url) == "0003_media"
 
 
 def test_upgrade_refuses_a_database_migrated_by_a_newer_release(empty_url: str) -> None:

@@ -48,7 +48,7 @@ def seed_photos(server: ServeProcess, headers: dict[str, str]) -> None:
     from tests.images import png
 
     for i in range(PHOTOS_LISTED):
-        files = {"file": (f"p{i}.png", png(8 + i % 8, 8), "image/png")}
+        files = {"file": (f"p{i}.png", png(8 + i, 8), "image/png")}  # distinct bytes: no duplicates
         requests.post(server.url("/photos"), headers=headers, files=files, timeout=TIMEOUT_S).raise_for_status()
 
 

@@ -82,6 +82,11 @@ def upload_file(server: ServeProcess, headers: dict[str, str], path: Path) -> tu
     return photo_id, result.seconds
 
 
+def delete_photo(server: ServeProcess, headers: dict[str, str], photo_id: int) -> None:
+    """Delete a photo, so that uploading its file again stores it again (else: a duplicate, 200)."""
+    requests.delete(server.url(f"/photos/{photo_id}"), headers=headers, timeout=TIMEOUT_S).raise_for_status()
+
+
 def mib(kib: float) -> float:
     """KiB (as /proc reports them) in MiB."""
     return kib / 1024
@@ -104,7 +109,8 @@ def measure_upload_memory(server: ServeProcess, headers: dict[str, str], path: P
     before = {pid: status_kib(pid, "VmRSS") or 0 for pid in workers}
     kernel_peak = all([reset_peak_rss(pid) for pid in workers])  # a list: every worker is reset, no short cut
     with RssSampler(workers) as sampler:
-        upload_file(server, headers, path)
+        photo_id, _ = upload_file(server, headers, path)
+    delete_photo(server, headers, photo_id)  # the same file again must be a new upload, not a duplicate
     peaks = {pid: (status_kib(pid, "VmHWM") or 0) if kernel_peak else sampler.peaks_kib.get(pid, 0) for pid in workers}
     serving = max(workers, key=lambda pid: peaks[pid] - before[pid])
     return MemoryRun(path.stat().st_size, before[serving], peaks[serving], sampler.peaks_kib[serving], kernel_peak)
@@ -124,7 +130,7 @@ def bench_memory(runs: int) -> None:
             # Imports, pools and buffers of both workers settle on small uploads first (each on a new
             # connection, so both workers take some).
             for _ in range(WARMUP_UPLOADS):
-                upload_file(server, headers, small)
+                delete_photo(server, headers, upload_file(server, headers, small)[0])
             results: dict[int, list[MemoryRun]] = {small.stat().st_size: [], large.stat().st_size: []}
             for _ in range(runs):  # alternated, so that any drift affects both sizes alike
                 for path in (small, large):

@@ -3,6 +3,7 @@
     .venv/bin/python -m ops.bench.renditions_bench jobs       # ~2 minutes
     .venv/bin/python -m ops.bench.renditions_bench formats    # ~30 seconds
     .venv/bin/python -m ops.bench.renditions_bench grid       # ~2 minutes (a real photo-api serve)
+    .venv/bin/python -m ops.bench.renditions_bench strip      # seconds
     .venv/bin/python -m ops.bench.renditions_bench all
 
 From the repository root; run it on a quiet machine (it prints the load average). ops/bench/RESULTS.md
@@ -20,7 +21,8 @@ From the repository root; run it on a quiet machine (it prints the load average)
   encode time, and PSNR against the scaled picture before encoding (how close the encoded one stays).
 - grid: what a client transfers to show a grid of 50 photos: GET /photos?limit=50 plus 50 originals,
   against the same list plus 50 thumbnails, through a real `photo-api serve` (production settings, jobs
-  in-process, 2 workers).
+  in-process, 2 workers). Each upload carries its own JPEG comment, so none is a duplicate of another.
+- strip: the public copy of that photo (its metadata removed, orientation kept): CPU per photo.
 
 pyvips and libvips are benchmark-only dependencies: `apt-get install libvips-tools` (libvips 8.14, with
 vipsthumbnail) and `.venv/bin/pip install pyvips==3.2.0`.
@@ -47,6 +49,7 @@ from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from ops.bench.common import machine, reset_peak_rss, running_server, server_env, status_kib, temporary_database
 from photo_api.media import JPEG, WEBP, Encoding, render
+from photo_api.media.strip import strip
 from tests.harness.users import Users
 from tests.images import exif_block, photo_pixels
 
@@ -54,6 +57,7 @@ PHOTO_SIZE = (4000, 3000)  # 12 megapixels, a phone's default
 PHOTO_QUALITY = 90
 PREVIEW, THUMB = 1440, 256
 JOB_RUNS = 8
+STRIP_RUNS = 50
 GRID_PHOTOS = 50
 DISTINCT_PHOTOS = 5  # uploaded GRID_PHOTOS / DISTINCT_PHOTOS times each
 NOISE_SIGMA = 24  # sensor-like grain, so that encoders face detail as in a real photo
@@ -73,6 +77,28 @@ def phone_jpeg(seed: int = 0) -> bytes:
     exif = exif_block(orientation=1, taken="2026:05:01 14:03:22", offset="+09:00", gps=(37.5, 127.0), make="Bench")
     picture.save(out, "JPEG", quality=PHOTO_QUALITY, exif=exif.tobytes())
     return out.getvalue()
+
+
+def numbered(jpeg: bytes, n: int) -> bytes:
+    """The JPEG with a comment segment naming `n` after its SOI: other bytes, the same picture, so that
+    uploading it again is a new photo rather than a duplicate of the owner's first one."""
+    text = f"grid photo {n}".encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
+def bench_strip() -> None:
+    """The public copy of a photo (photo_api/media/strip.py): the metadata filter over the 12-megapixel JPEG."""
+    data = phone_jpeg()
+    times = []
+    for _ in range(STRIP_RUNS + 1):
+        started = time.process_time()
+        public = strip(data, "image/jpeg", orientation=6)
+        times.append(time.process_time() - started)
+    times = sorted(times[1:])  # the first run warms up
+    median, worst = times[len(times) // 2], times[-1]
+    print(f"photo: {len(data):,} bytes; public copy: {len(public):,} bytes ({len(data) - len(public):,} removed)")
+    print(f"CPU ms per strip over {STRIP_RUNS} runs: median {median * 1000:.2f}, max {worst * 1000:.2f}")
+    print(f"throughput: {len(data) / median / 1e6:.0f} MB/s of one core; {1 / median:.0f} photos/s per core")
 
 
 # -- one method's jobs, in a child process --------------------------------------------------------------
@@ -228,7 +254,7 @@ def bench_grid() -> None:
                 r = http.post(
                     server.url("/photos"),
                     headers=headers,
-                    files={"file": (f"{n}.jpg", photos[n % DISTINCT_PHOTOS])},
+                    files={"file": (f"{n}.jpg", numbered(photos[n % DISTINCT_PHOTOS], n))},
                     timeout=HTTP_TIMEOUT_S,
                 )
                 r.raise_for_status()
@@ -261,7 +287,7 @@ def bench_grid() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["jobs", "formats", "grid", "all", "child"])
+    parser.add_argument("what", choices=["jobs", "formats", "grid", "strip", "all", "child"])
     parser.add_argument("args", nargs="*")
     args = parser.parse_args()
     if args.what == "child":
@@ -269,7 +295,8 @@ def main() -> None:
         print(json.dumps(child(method, Path(path), int(runs))))
         return
     print(machine())
-    for name, bench in (("jobs", bench_jobs), ("formats", bench_formats), ("grid", bench_grid)):
+    benches = (("jobs", bench_jobs), ("formats", bench_formats), ("grid", bench_grid), ("strip", bench_strip))
+    for name, bench in benches:
         if args.what in (name, "all"):
             print(f"\n== {name}")
             bench()

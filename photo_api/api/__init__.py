@@ -12,6 +12,7 @@ from flask import Flask, Response, g, has_request_context, request
 
 from . import albums, auth, errors, health, photos, shares, uploads
 from . import docs as docs_api
+from . import throttle as throttle  # the composition root builds the limiter and installs it
 from .common import close_db_session
 
 access_log = logging.getLogger("photo_api.access")

@@ -13,8 +13,9 @@ from werkzeug.http import parse_range_header
 
 from .. import metrics
 from ..clients import CdnUnavailableError
-from ..errors import NotFoundError, RangeNotSatisfiableError
-from ..models import Photo
+from ..errors import NotFoundError, RangeNotSatisfiableError, ServiceUnavailableError
+from ..media import PREVIEW
+from ..models import NO_STRIPPED_COPY, Photo
 from ..services import photos
 from ..storage import ObjectNotFoundError, RangeOutsideObjectError, Storage
 from .common import db_session
@@ -169,6 +170,33 @@ def rendition_of(photo: Photo, name: str) -> Deliverable:
         size=found.size,
         etag=found.etag,
         filename=f"photo-{photo.id}-{RENDITION_LABELS.get(name, name)}{found.extension}",
+    )
+
+
+# While a photo's public copy is being made: the job takes seconds after an upload (ops/bench/RESULTS.md).
+PUBLIC_COPY_RETRY_AFTER_S = 10
+
+
+def public_original_of(photo: Photo, filename: str) -> Deliverable:
+    """The original as a share without metadata serves it: its public copy (photo_api/media/strip.py), or
+    the preview for a format kept whole (HEIC/HEIF); 503 with Retry-After while the copy is being made.
+
+    Never the stored original: until its copy exists, nothing of a photo leaves with its metadata.
+    """
+    key = photo.stripped_key
+    if key is None:
+        raise ServiceUnavailableError(
+            "The photo's copy without metadata is being prepared", retry_after=PUBLIC_COPY_RETRY_AFTER_S
+        )
+    if key == NO_STRIPPED_COPY or photo.stripped_size is None:
+        return rendition_of(photo, PREVIEW.name)
+    return Deliverable(
+        photo_id=photo.id,
+        key=key,
+        content_type=photo.content_type,
+        size=photo.stripped_size,
+        etag=photo.stripped_etag,
+        filename=filename,
     )
 
 

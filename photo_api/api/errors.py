@@ -58,6 +58,11 @@ def _app_error(exc: AppError) -> Response:
     return problem(exc.status, exc.title, exc.detail, headers, **extra)
 
 
+def app_error_response(exc: AppError) -> Response:
+    """The problem+json answer to `exc` (for handlers registered elsewhere, e.g. the throttling's 429)."""
+    return _app_error(exc)
+
+
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     headers = {k: v for k, v in exc.get_headers() if k.lower() not in {"content-type", "content-length"}}

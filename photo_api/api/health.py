@@ -27,7 +27,7 @@ def readiness_report(app: Flask) -> health.HealthReport:
         "cdn": health.cdn_status(found.cdn),
         "jobs": found.jobs.status(),
     }
-    report = health.readiness(found.probe, draining=lifecycle.is_draining(), informational=informational)
+    report = health.readiness(found.probe, draining=lifecycle.is_draining, informational=informational)
     # Healthy or not, per check; a disabled check (no CDN configured) has no series at all.
     statuses = {name: check.get("status") for name, check in report.checks.items()}
     metrics.health_report(

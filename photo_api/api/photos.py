@@ -21,7 +21,7 @@ from .common import auth_required, client_body, current_user, db_session, json_b
 from .context import current_jobs, current_limits, current_storage
 from .delivery import deliver, deliver_image, rendition_of
 from .openapi import doc
-from .schemas import PhotoListQuery, PhotoOut
+from .schemas import PhotoListQuery, PhotoOut, UploadedPhotoOut
 
 bp = Blueprint("photos", __name__, url_prefix="/photos")
 
@@ -40,7 +40,10 @@ UPLOAD_DESCRIPTION = (
     "come before or after the file; an empty text field counts as absent (HTML forms send every "
     "input), a field given twice is 422, unknown fields are ignored. `album_id` must be one of your "
     "albums (404 otherwise); the photo is then added to it. 408 when the client sends nothing for "
-    "CLIENT_BODY_TIMEOUT seconds in the middle of the body (nothing is stored)."
+    "CLIENT_BODY_TIMEOUT seconds in the middle of the body (nothing is stored). A file identical to one "
+    "of your photos (same bytes: same MD5 checksum) is 200 with that photo and `duplicate: true`: nothing "
+    "new is stored; with `album_id` that photo is added to the album, and the upload's title and "
+    "description are ignored."
 )
 UPLOAD_BODY: dict[str, Any] = {
     "required": True,
@@ -76,7 +79,7 @@ class PhotoUpdateIn(BaseModel):
     "Upload a photo",
     tag="photos",
     body=UPLOAD_BODY,
-    responses={201: PhotoOut},
+    responses={201: UploadedPhotoOut, 200: UploadedPhotoOut},
     errors=(400, 404, 408, 413, 415, 422),
     description=UPLOAD_DESCRIPTION,
 )
@@ -88,13 +91,20 @@ def upload_photo() -> Response:
     db_session().close()
     max_bytes = current_limits().max_upload_bytes
     with metrics.upload_attempt("multipart") as attempt:
-        photo = photos.upload_photo(
+        uploaded = photos.upload_photo(
             db_session(), current_storage(), owner_id=owner_id, parts=_upload_parts(max_bytes), max_bytes=max_bytes
         )
-        attempt.stored(photo.file_size)
+        if uploaded.duplicate:
+            attempt.found_duplicate()
+        else:
+            attempt.stored(uploaded.photo.file_size)
+    out = UploadedPhotoOut.model_validate(uploaded.photo)
+    out.duplicate = uploaded.duplicate
+    if uploaded.duplicate:
+        return respond(out, 200)  # the existing photo's job was enqueued when it was uploaded
     # After the commit, outside the upload's outcome: a queue that is down only delays the renditions.
-    enqueue_photo(db_session(), current_jobs(), photo.id)
-    return respond(PhotoOut.model_validate(photo), 201)
+    enqueue_photo(db_session(), current_jobs(), uploaded.photo.id)
+    return respond(out, 201)
 
 
 def _upload_parts(max_upload_bytes: int) -> Iterator[multipart.Part]:

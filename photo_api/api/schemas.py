@@ -17,7 +17,7 @@ from pydantic import (
     field_validator,
 )
 
-from ..models import MAX_ID
+from ..models import MAX_ID, NO_STRIPPED_COPY
 from ..security import password_weakness
 
 # UTC ISO-8601 with a `Z` suffix, as the contract says (docs/api.md), whatever zone object the value carries.
@@ -221,6 +221,16 @@ class PhotoOut(_Rendered):
         return Location(latitude=self.gps_latitude, longitude=self.gps_longitude, altitude=self.gps_altitude)
 
 
+class UploadedPhotoOut(PhotoOut):
+    """The answer to an upload (multipart, or presigned confirm)."""
+
+    duplicate: bool = Field(
+        default=False,
+        description="true: you already had a photo with exactly these bytes; it is answered (status 200) and "
+        "nothing new was stored",
+    )
+
+
 class AlbumOut(Response):
     id: int
     owner_id: int
@@ -245,6 +255,9 @@ class ShareLinkOut(Response):
     view_count: int
     created_at: UtcDatetime
     share_url: str
+    include_metadata: bool = Field(
+        description="true: the public gets the originals as stored; false: without EXIF/XMP/GPS (default)"
+    )
 
 
 class SharedPhotoOut(_Rendered):
@@ -273,15 +286,17 @@ class SharedPhotoOut(_Rendered):
         return self._rendition_url(f"/share/{self.token}", "preview")
 
 
-def shared_photo_out(photo: Any, token: str) -> SharedPhotoOut:
-    """A photo of a shared album as the public sees it."""
-    return SharedPhotoOut.model_validate(
-        {
-            **{name: getattr(photo, name) for name in _SHARED_FIELDS},
-            "url": f"/share/{token}/photos/{photo.id}/image",
-            "token": token,
-        }
-    )
+def shared_photo_out(photo: Any, token: str, *, include_metadata: bool = False) -> SharedPhotoOut:
+    """A photo of a shared album as the public sees it: without metadata, `content_type` and `file_size`
+    describe what its `url` serves (the public copy, or the preview of a HEIC/HEIF) once that is ready."""
+    fields = {name: getattr(photo, name) for name in _SHARED_FIELDS}
+    if not include_metadata and photo.stripped_key is not None:
+        if photo.stripped_key == NO_STRIPPED_COPY or photo.stripped_size is None:
+            if photo.rendition_type is not None and photo.preview_size is not None:
+                fields.update(content_type=photo.rendition_type, file_size=photo.preview_size)
+        else:
+            fields["file_size"] = photo.stripped_size
+    return SharedPhotoOut.model_validate({**fields, "url": f"/share/{token}/photos/{photo.id}/image", "token": token})
 
 
 _SHARED_FIELDS = (

@@ -15,7 +15,7 @@ from ..models import ShareLink
 from ..services import shares
 from .common import auth_required, current_user, db_session, json_body, public_base_url, query_args, respond
 from .context import current_limits
-from .delivery import deliver, deliver_image, rendition_of
+from .delivery import deliver, original_of, public_original_of, rendition_of
 from .openapi import doc
 from .schemas import Pagination, Request, SharedAlbumOut, ShareLinkOut, shared_photo_out
 
@@ -32,6 +32,11 @@ IMAGE_RESPONSE = {
 
 class ShareIn(Request):
     expires_in_days: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_DAYS, description="null: never")
+    include_metadata: bool = Field(
+        default=False,
+        description="true: the public gets each original as stored, EXIF (camera, GPS position) included; "
+        "false: without its metadata (see docs/api.md)",
+    )
 
 
 def _share_out(link: ShareLink) -> ShareLinkOut:
@@ -44,6 +49,7 @@ def _share_out(link: ShareLink) -> ShareLinkOut:
         view_count=link.view_count,
         created_at=link.created_at,
         share_url=f"{public_base_url()}/share/{link.token}",
+        include_metadata=link.include_metadata,
     )
 
 
@@ -55,13 +61,20 @@ def _share_out(link: ShareLink) -> ShareLinkOut:
     body_required=False,
     responses={201: ShareLinkOut},
     errors=(404,),
-    description="An empty body creates a link that never expires. The token carries 32 random bytes.",
+    description="An empty body creates a link that never expires and serves the photos without their "
+    "metadata (`include_metadata`: false). The token carries 32 random bytes.",
 )
 @auth_required
 def create_share(album_id: int) -> Response:
     # A bodiless POST is the natural way to ask for a link with no expiry.
     data = json_body(ShareIn) if request.get_data(cache=True) else ShareIn()
-    link = shares.create_share(db_session(), current_user().id, album_id, expires_in_days=data.expires_in_days)
+    link = shares.create_share(
+        db_session(),
+        current_user().id,
+        album_id,
+        expires_in_days=data.expires_in_days,
+        include_metadata=data.include_metadata,
+    )
     return respond(_share_out(link), 201)
 
 
@@ -110,13 +123,13 @@ def view_shared_album(token: str) -> Response:
     shared = shares.view_shared_album(db_session(), token, skip=page.skip, limit=page.limit)
     if page.skip == 0:
         metrics.share_view()
-    album = shared.album
-    shared_photos = [shared_photo_out(p, token) for p in shared.photos]
+    album = shared.page.album
+    shared_photos = [shared_photo_out(p, token, include_metadata=shared.include_metadata) for p in shared.page.photos]
     return respond(
         SharedAlbumOut(
             album_name=album.name,
             album_description=album.description,
-            photo_count=shared.photo_count,
+            photo_count=shared.page.photo_count,
             created_at=album.created_at,
             photos=shared_photos,
         )
@@ -128,16 +141,20 @@ def view_shared_album(token: str) -> Response:
     "The bytes of a photo of a shared album",
     tag="public",
     responses={200: IMAGE_RESPONSE, 206: IMAGE_RESPONSE, 304: None},
-    errors=(404, 410, 416),
-    description="404 unless the photo is in the shared album. Honours `If-None-Match` (304) and one `Range` (206).",
+    errors=(404, 410, 416, 503),
+    description="404 unless the photo is in the shared album. Honours `If-None-Match` (304) and one `Range` (206). "
+    "Unless the link was created with `include_metadata`, the bytes are the original without its metadata "
+    "(EXIF, XMP, GPS, IPTC, comments; the pixels untouched, only the orientation kept), made once in the "
+    "background after the upload: 503 with `Retry-After` until it is ready. A HEIC/HEIF original is served "
+    "as its preview instead (404 while processing is not ready).",
 )
 def shared_photo_image(token: str, photo_id: int) -> Response:
-    photo = shares.shared_photo(db_session(), token, photo_id)
-    return deliver_image(
-        photo,
+    photo, include_metadata = shares.shared_photo(db_session(), token, photo_id)
+    # The public never learns the owner's file name (it may say more than the owner chose to share).
+    filename = f"photo-{photo.id}{ALLOWED_IMAGE_TYPES.get(photo.content_type, '')}"
+    return deliver(
+        original_of(photo, filename) if include_metadata else public_original_of(photo, filename),
         token_seconds=current_limits().share_image_token_seconds,
-        # The public never learns the owner's file name (it may say more than the owner chose to share).
-        filename=f"photo-{photo.id}{ALLOWED_IMAGE_TYPES.get(photo.content_type, '')}",
         cache_control=SHARED_IMAGE_CACHE_CONTROL,
     )
 
@@ -151,7 +168,7 @@ def shared_photo_image(token: str, photo_id: int) -> Response:
     description="As `/image`; 404 also while the photo's processing is not ready.",
 )
 def shared_photo_thumbnail(token: str, photo_id: int) -> Response:
-    photo = shares.shared_photo(db_session(), token, photo_id)
+    photo = shares.shared_photo(db_session(), token, photo_id).photo
     return deliver(
         rendition_of(photo, THUMBNAIL.name),
         token_seconds=current_limits().share_image_token_seconds,
@@ -168,7 +185,7 @@ def shared_photo_thumbnail(token: str, photo_id: int) -> Response:
     description="As `/image`; 404 also while the photo's processing is not ready.",
 )
 def shared_photo_preview(token: str, photo_id: int) -> Response:
-    photo = shares.shared_photo(db_session(), token, photo_id)
+    photo = shares.shared_photo(db_session(), token, photo_id).photo
     return deliver(
         rendition_of(photo, PREVIEW.name),
         token_seconds=current_limits().share_image_token_seconds,

@@ -17,7 +17,7 @@ from ..services.fields import Description, Title
 from .common import auth_required, client_body, current_user, db_session, json_body, public_base_url, respond
 from .context import current_jobs, current_limits, current_storage
 from .openapi import doc
-from .schemas import PhotoOut, Request
+from .schemas import Request, UploadedPhotoOut
 
 bp = Blueprint("uploads", __name__)
 
@@ -113,7 +113,7 @@ def presign() -> Response:
     "Confirm a direct upload: verify the stored file and make the photo ready",
     tag="photos",
     body=ConfirmIn,
-    responses={200: PhotoOut},
+    responses={200: UploadedPhotoOut},
     errors=(404, 409, 410),
     description=(
         "Idempotent: confirming a ready photo answers it again. The stored file must exist, have the "
@@ -123,7 +123,10 @@ def presign() -> Response:
         "client may still upload within the window. 410 when nothing was uploaded and the window has closed. "
         "The checked bytes are copied to the photo's own object, which the upload URL does not reach: "
         "nothing sent to the URL afterwards changes the photo. 409 when the file was replaced while "
-        "confirm ran: the photo stays pending; confirm again."
+        "confirm ran: the photo stays pending; confirm again. When the file is identical to one of your "
+        "photos (same bytes), the pending photo and its file are discarded and that photo is answered with "
+        "`duplicate: true` (added to the pending photo's album, if any); confirming the discarded `photo_id` "
+        "again is then 404."
     ),
 )
 @auth_required
@@ -131,17 +134,23 @@ def confirm() -> Response:
     data = json_body(ConfirmIn)
     # A presigned upload is counted when it is confirmed (a repeated confirm counts again).
     with metrics.upload_attempt("presigned") as attempt:
-        photo = uploads.confirm(
+        uploaded = uploads.confirm(
             db_session(),
             current_storage(),
             owner_id=current_user().id,
             photo_id=data.photo_id,
             max_upload_bytes=current_limits().max_upload_bytes,
         )
-        attempt.stored(photo.file_size)
+        if uploaded.duplicate:
+            attempt.found_duplicate()
+        else:
+            attempt.stored(uploaded.photo.file_size)
+    photo = uploaded.photo
     if photo.processing_status == "pending" and photo.processing_enqueued_at is None:
         enqueue_photo(db_session(), current_jobs(), photo.id)  # media pipeline (a repeated confirm enqueues nothing)
-    return respond(PhotoOut.model_validate(photo))
+    out = UploadedPhotoOut.model_validate(photo)
+    out.duplicate = uploaded.duplicate
+    return respond(out)
 
 
 @doc(

@@ -95,6 +95,26 @@ def _rule_password_hash(s: Settings) -> Iterable[ConfigProblem]:
         yield problem("password_hash_time_cost", f"must be at least {MIN_PRODUCTION_HASH_TIME_COST} in production")
 
 
+RATE_LIMIT_FIELDS = ("rate_limit_login_per_account", "rate_limit_login_per_address", "rate_limit_register_per_address")
+
+
+def _rule_rate_limits(s: Settings) -> Iterable[ConfigProblem]:
+    # Parsed by the library that applies them (limits, under flask-limiter), so that what passes here is
+    # exactly what the limiter accepts at start.
+    from limits import parse_many
+
+    for name in RATE_LIMIT_FIELDS:
+        value = getattr(s, name)
+        try:
+            parsed = parse_many(value)
+        except ValueError:
+            parsed = []
+        if not parsed:
+            yield problem(name, "must be rate limits such as '10 per minute' (several separated by ';')")
+        elif any(item.amount < 1 for item in parsed):
+            yield problem(name, "each limit must allow at least 1 request")
+
+
 def _rule_database_url(s: Settings) -> Iterable[ConfigProblem]:
     # Parsed with urlsplit, not SQLAlchemy: the gunicorn master validates settings too, and has no use for
     # SQLAlchemy (nor should it load it before forking the workers that gevent then patches).
@@ -375,6 +395,7 @@ RULES: list[Rule] = [
         _rule_connection_budget,
     ),
     (("redis_url",), _rule_redis_url),
+    (RATE_LIMIT_FIELDS, _rule_rate_limits),
     (("processing_stale_seconds", "job_timeout"), _rule_jobs),
     (("environment", "debug"), _rule_debug),
     (("environment", "disable_psycogreen"), _rule_psycogreen),

@@ -167,6 +167,26 @@ class Settings(BaseSettings):
     password_hash_time_cost: int = Field(default=3, ge=1, le=20)
     password_hash_memory_kib: int = Field(default=65_536, ge=8, le=4 * 1024 * 1024)
     password_hash_parallelism: int = Field(default=4, ge=1, le=64)
+    # Hashing runs on a pool of OS threads of its own per worker (never gevent's resolver threadpool):
+    # argon2 is CPU work that releases the GIL, so more threads than cores only queue. None: the number of
+    # CPUs this process may run on (at least 2). A hash that waits longer than the queue timeout for a
+    # thread, or finds PASSWORD_HASH_QUEUE_SIZE hashes already waiting, is answered 503 at once.
+    password_hash_workers: int | None = Field(default=None, ge=1, le=256)
+    password_hash_queue_size: int = Field(default=16, ge=0, le=10_000)
+    password_hash_queue_timeout: float = Field(default=5.0, ge=0, le=60)
+    # How much lower than the event loop the hashing threads run (Linux nice increment, 0: the same): when
+    # the cores are busy hashing, the kernel runs the loops (health probes, every other request) first.
+    # On a VM shared with other busy processes, niced hashing also yields to them: 0 then.
+    password_hash_nice: int = Field(default=10, ge=0, le=19)
+
+    # login and registration throttling (flask-limiter "N per period" strings, ";" between several)
+    rate_limit_enabled: bool = True
+    rate_limit_login_per_account: str = "10 per minute;50 per hour"
+    rate_limit_login_per_address: str = "30 per minute;300 per hour"
+    rate_limit_register_per_address: str = "10 per hour"
+    # Socket timeout of the limiter's calls to Redis (REDIS_URL): every login waits for them, and a
+    # healthy Redis on the same network answers in a millisecond.
+    rate_limit_redis_timeout: float = Field(default=0.25, gt=0, le=5)
 
     # storage
     storage_backend: Literal["local", "swift"] = "local"

@@ -26,6 +26,7 @@ from .flask import init_app
 from .master import MasterRuntime
 from .recording import (
     JobMetrics,
+    PasswordHashMetrics,
     UploadAttempt,
     delivery_result,
     enable,
@@ -34,6 +35,8 @@ from .recording import (
     image_delivery,
     log_dropped,
     log_queue_depth,
+    rate_limit_store_error,
+    rate_limited,
     registry,
     render,
     share_view,
@@ -51,6 +54,7 @@ __all__ = [
     "InstanceCollector",
     "JobMetrics",
     "MasterRuntime",
+    "PasswordHashMetrics",
     "QueueCollector",
     "ResilienceMetrics",
     "UploadAttempt",
@@ -64,6 +68,8 @@ __all__ = [
     "init_app",
     "log_dropped",
     "log_queue_depth",
+    "rate_limit_store_error",
+    "rate_limited",
     "registry",
     "render",
     "serve_worker_metrics",

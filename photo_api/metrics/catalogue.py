@@ -35,7 +35,10 @@ JOB_NAMES = ("renditions",)
 JOB_RESULTS = ("ready", "failed", "retry", "skipped")
 # Why PostgreSQL (or PgBouncer) refused a new connection while it answered (resilience.REFUSAL_REASONS).
 REFUSAL_REASONS = ("too_many_connections", "cannot_connect_now")
-ENQUEUE_RESULTS = ("ok", "failed")  # failed: the queue was unavailable; the reaper enqueues the job later
+ENQUEUE_RESULTS = ("ok", "failed")
+THROTTLED_ROUTES = ("login", "register")
+THROTTLE_SCOPES = ("account", "address")  # what the breached limit counts: one e-mail, or one client address
+POOL_REJECTIONS = ("queue_full", "timeout")  # failed: the queue was unavailable; the reaper enqueues the job later
 
 # Request latency: an API answer takes milliseconds, an upload's handler receives the whole body (minutes
 # for a slow client), hence the long tail.
@@ -43,6 +46,9 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 EXTERNAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # A renditions job takes ~0.3 s for a 12-megapixel JPEG (ops/bench/RESULTS.md), seconds for the largest
 # images; JOB_TIMEOUT caps it.
+# A free hashing thread is taken in microseconds; a queued hash waits for one or more hashes (~0.3 s of CPU
+# each at the production cost) up to PASSWORD_HASH_QUEUE_TIMEOUT.
+QUEUE_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -194,6 +200,12 @@ class Catalogue:
             ["method"],
             registry=r,
         )
+        self.duplicate_uploads = Counter(
+            "photo_api_duplicate_uploads_total",
+            "Uploads (counted ok in photo_api_uploads_total) answered with the owner's photo of the same bytes",
+            ["method"],
+            registry=r,
+        )
         self.image_deliveries = Counter(
             "photo_api_image_deliveries_total",
             "Image requests by path (cdn: redirect to a signed URL, stream: bytes from storage) and result",
@@ -224,10 +236,34 @@ class Catalogue:
             ["result"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "photo_api_rate_limited_total",
+            "Requests refused with 429 by the login/registration throttling, by route and limit scope",
+            ["route", "scope"],
+            registry=r,
+        )
+        self.rate_limit_store_errors = Counter(
+            "photo_api_rate_limit_store_errors_total",
+            "Calls to the throttling's Redis that failed (the limiter then counts in this worker's memory)",
+            registry=r,
+        )
+        self.password_hash_wait = Histogram(
+            "photo_api_password_hash_queue_wait_seconds",
+            "Time a password hash waited for a thread of the hashing pool",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.password_hash_rejected = Counter(
+            "photo_api_password_hash_rejected_total",
+            "Password hashes refused with 503: the pool's queue was full, or no thread came free in time",
+            ["reason"],
+            registry=r,
+        )
         # Every series of a bounded vocabulary exists from the start at 0: rate() then sees the first
         # event, and an absent series means "not recorded by this version", never "nothing happened yet".
         for method in UPLOAD_METHODS:
             self.upload_bytes.labels(method)
+            self.duplicate_uploads.labels(method)
             for result in UPLOAD_RESULTS:
                 self.uploads.labels(method, result)
         for path in DELIVERY_PATHS:
@@ -243,6 +279,11 @@ class Catalogue:
             self.job_enqueues.labels(result)
         for reason in REFUSAL_REASONS:
             self.db_connect_refusals.labels(reason)
+        for route in THROTTLED_ROUTES:
+            for scope in THROTTLE_SCOPES:
+                self.rate_limited.labels(route, scope)
+        for reason in POOL_REJECTIONS:
+            self.password_hash_rejected.labels(reason)
 
     def watch_service(self, service: str) -> None:
         """Create the series of one dependency (breaker closed, no retries) before its first event."""

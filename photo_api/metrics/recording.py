@@ -21,7 +21,10 @@ from .catalogue import (
     DELIVERY_RESULTS,
     JOB_NAMES,
     JOB_RESULTS,
+    POOL_REJECTIONS,
     REFUSAL_REASONS,
+    THROTTLE_SCOPES,
+    THROTTLED_ROUTES,
     UPLOAD_METHODS,
     UPLOAD_RESULTS,
     Catalogue,
@@ -158,10 +161,16 @@ class UploadAttempt:
 
     def __init__(self) -> None:
         self.size_bytes = 0
+        self.duplicate = False
 
     def stored(self, size_bytes: int) -> None:
         """The photo is stored and committed: this many bytes."""
         self.size_bytes = size_bytes
+
+    def found_duplicate(self) -> None:
+        """The bytes were the owner's already: nothing stored (no bytes counted), one duplicate counted."""
+        self.duplicate = True
+        self.size_bytes = 0
 
 
 @contextlib.contextmanager
@@ -174,6 +183,8 @@ def upload_attempt(method: str) -> Iterator[UploadAttempt]:
         upload(method, upload_result(exc))
         raise
     upload(method, "ok", attempt.size_bytes)
+    if attempt.duplicate and _catalogue is not None:
+        _catalogue.duplicate_uploads.labels(bounded(method, UPLOAD_METHODS)).inc()
 
 
 def delivery_result(status: int) -> str:
@@ -235,3 +246,29 @@ class JobMetrics:
         """A job was handed to the queue, or the queue was unavailable."""
         if _catalogue is not None:
             _catalogue.job_enqueues.labels("ok" if ok else "failed").inc()
+
+
+def rate_limited(route: str, scope: str) -> None:
+    """Count one request refused by the throttling (`login`/`register`, `account`/`address`)."""
+    if _catalogue is not None:
+        _catalogue.rate_limited.labels(bounded(route, THROTTLED_ROUTES), bounded(scope, THROTTLE_SCOPES)).inc()
+
+
+def rate_limit_store_error() -> None:
+    """Count one failed call to the throttling's Redis."""
+    if _catalogue is not None:
+        _catalogue.rate_limit_store_errors.inc()
+
+
+class PasswordHashMetrics:
+    """What the password hashing pool reports (photo_api.greenlets.PoolEvents): queue waits, refusals."""
+
+    def waited(self, seconds: float) -> None:
+        """A hash got a thread after `seconds` in the queue."""
+        if _catalogue is not None:
+            _catalogue.password_hash_wait.observe(seconds)
+
+    def rejected(self, reason: str) -> None:
+        """A hash was refused (`queue_full` or `timeout`)."""
+        if _catalogue is not None:
+            _catalogue.password_hash_rejected.labels(bounded(reason, POOL_REJECTIONS)).inc()

@@ -11,6 +11,7 @@ from typing import BinaryIO, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 EDITABLE_FIELDS = frozenset({"title", "description"})
 PHOTO_NOT_FOUND = "Photo not found"
+# The unique index of one photo per owner and content (models.py): its name in an IntegrityError means a
+# duplicate upload lost the race to an identical one.
+DUPLICATE_CONTENT_INDEX = "uq_photos_owner_content_checksum"
 ALBUM_NOT_FOUND = "Album not found"
 FILE_FIELD = "file"
 # A text field longer than this cannot be valid: stop buffering it instead of holding a hostile body
@@ -81,9 +85,17 @@ class _Upload:
     errors: list[FieldError] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Uploaded:
+    """The photo an upload answers with: the new one, or (`duplicate`) the owner's photo with the same bytes."""
+
+    photo: Photo
+    duplicate: bool = False
+
+
 def upload_photo(
     session: Session, storage: Storage, *, owner_id: int, parts: Iterable[FormPart], max_bytes: int
-) -> Photo:
+) -> Uploaded:
     """Store the file of a multipart upload and record it as the owner's ready photo (in its `album_id`, if any).
 
     The file is streamed to storage as its part arrives, its type decided by its first bytes (415
@@ -93,6 +105,9 @@ def upload_photo(
     fail, the file is skipped rather than stored, and parsing goes on so that every failing field is
     named. Once the file is stored, anything that fails (a field after it, the album check, the
     database, the client leaving mid-body) deletes it again: a refused upload leaves nothing behind.
+
+    Bytes identical to one of the owner's ready photos (same checksum) create nothing: the object just
+    stored is deleted and that photo is answered (`duplicate`), added to the form's album when one is given.
     """
     upload = _Upload()
     try:
@@ -115,11 +130,16 @@ def upload_photo(
         if form is None or upload.errors:
             raise ValidationFailedError(upload.errors + form_errors)
         assert upload.image is not None  # a file was seen without errors, so it was stored
-        return _insert_photo(session, owner_id=owner_id, image=upload.image, client_filename=upload.filename, form=form)
+        uploaded = _insert_photo(
+            session, owner_id=owner_id, image=upload.image, client_filename=upload.filename, form=form
+        )
     except BaseException:
         if upload.image is not None:
             _discard_image(session, storage, upload.image.key)
         raise
+    if uploaded.duplicate:
+        _discard_image(session, storage, upload.image.key)  # the owner's photo already holds these bytes
+    return uploaded
 
 
 def _receive_file(upload: _Upload, part: FormPart, storage: Storage, *, owner_id: int, max_bytes: int) -> None:
@@ -209,8 +229,9 @@ def _store_image(storage: Storage, *, owner_id: int, stream: Readable, max_bytes
 
 def _insert_photo(
     session: Session, *, owner_id: int, image: StoredObject, client_filename: str | None, form: PhotoUploadForm
-) -> Photo:
-    """Record a stored image as the owner's ready photo, in the form's album when given, and commit."""
+) -> Uploaded:
+    """Record a stored image as the owner's ready photo, in the form's album when given, and commit; or
+    answer the owner's photo with the same bytes (`duplicate`: the caller deletes the stored image)."""
     album_id = form.album_id
     if album_id is not None:
         # FOR KEY SHARE: the album cannot be deleted between this check and our commit (PostgreSQL), while
@@ -222,6 +243,9 @@ def _insert_photo(
         )
         if owned is None:
             raise NotFoundError(ALBUM_NOT_FOUND)
+    existing = same_content(session, owner_id, image.etag)
+    if existing is not None:
+        return answer_duplicate(session, existing, album_id)
     photo = Photo(
         owner_id=owner_id,
         filename=image.key,
@@ -229,6 +253,7 @@ def _insert_photo(
         content_type=image.content_type,
         file_size=image.size,
         checksum=image.etag,
+        content_checksum=image.etag,
         title=form.title,
         description=form.description,
         status=PhotoStatus.READY,
@@ -237,8 +262,55 @@ def _insert_photo(
     if album_id is not None:
         session.flush()  # the photo's id, for the membership
         session.add(AlbumPhoto(album_id=album_id, photo_id=photo.id))
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        # An identical upload of the same owner committed first (the unique index): answer with it.
+        if not is_duplicate_content(exc):
+            raise
+        session.rollback()
+        winner = same_content(session, owner_id, image.etag)
+        if winner is None:  # deleted again in the meantime: nothing to answer with
+            raise
+        return answer_duplicate(session, winner, album_id)
+    return Uploaded(photo)
+
+
+def is_duplicate_content(exc: IntegrityError) -> bool:
+    """The error is the unique index of one photo per owner and content (PostgreSQL names the index,
+    SQLite its columns)."""
+    message = str(exc.orig)
+    return DUPLICATE_CONTENT_INDEX in message or "photos.content_checksum" in message
+
+
+def same_content(session: Session, owner_id: int, checksum: str | None) -> Photo | None:
+    """The owner's ready photo whose bytes have `checksum`, if any (the unique index answers it)."""
+    if not checksum:
+        return None
+    return session.scalars(
+        select(Photo).where(
+            Photo.owner_id == owner_id, Photo.content_checksum == checksum, Photo.status == PhotoStatus.READY
+        )
+    ).one_or_none()
+
+
+def answer_duplicate(session: Session, photo: Photo, album_id: int | None) -> Uploaded:
+    """`photo` as the answer to an upload of its bytes, added to `album_id` (already checked) when given."""
+    log.info("duplicate upload", extra={"photo_id": photo.id})
+    if album_id is not None:
+        member = session.scalar(
+            select(AlbumPhoto.id).where(AlbumPhoto.album_id == album_id, AlbumPhoto.photo_id == photo.id)
+        )
+        if member is None:
+            session.add(AlbumPhoto(album_id=album_id, photo_id=photo.id))
+            try:
+                session.commit()
+            except IntegrityError:
+                # Added at the same moment by another request, or the album was deleted since: either way
+                # there is nothing more to do for this upload.
+                session.rollback()
     session.commit()
-    return photo
+    return Uploaded(photo, duplicate=True)
 
 
 def _discard_image(session: Session, storage: Storage, key: str) -> None:
@@ -333,7 +405,7 @@ def delete_photo(session: Session, storage: Storage, *, owner_id: int, photo_id:
     row = session.execute(
         delete(Photo)
         .where(Photo.id == photo_id, Photo.owner_id == owner_id, Photo.status == PhotoStatus.READY)
-        .returning(Photo.filename, Photo.rendition_type)
+        .returning(Photo.filename, Photo.rendition_type, Photo.stripped_key)
     ).one_or_none()
     if row is None:
         session.rollback()
@@ -341,6 +413,8 @@ def delete_photo(session: Session, storage: Storage, *, owner_id: int, photo_id:
     session.commit()
     # A job still running stores its renditions after this, finds the row gone and removes them itself.
     keys = [row.filename, *_rendition_keys(owner_id, photo_id, row.rendition_type)]
+    if row.stripped_key and row.stripped_key != row.filename:
+        keys.append(row.stripped_key)
     deletions.delete_objects(session, storage, keys)
 
 

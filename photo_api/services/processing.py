@@ -35,6 +35,7 @@ class Claim:
     owner_id: int
     key: str
     attempt: int
+    content_type: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,16 @@ class StoredRendition:
 
     size: int
     etag: str
+
+
+@dataclass(frozen=True)
+class PublicCopy:
+    """The original without its metadata: its key (the original's own when it had nothing to remove), or
+    NO_STRIPPED_COPY with no size and ETag when none can be made."""
+
+    key: str
+    size: int | None
+    etag: str | None
 
 
 def claim(session: Session, photo_id: int) -> Claim | None:
@@ -59,13 +70,19 @@ def claim(session: Session, photo_id: int) -> Claim | None:
             Photo.processing_status == ProcessingStatus.PENDING,
         )
         .values(processing_attempts=Photo.processing_attempts + 1, **_KEEP_UPDATED_AT)
-        .returning(Photo.owner_id, Photo.filename, Photo.processing_attempts),
+        .returning(Photo.owner_id, Photo.filename, Photo.processing_attempts, Photo.content_type),
         execution_options={"synchronize_session": False},
     ).one_or_none()
     session.commit()
     if row is None:
         return None
-    return Claim(photo_id=photo_id, owner_id=row.owner_id, key=row.filename, attempt=row.processing_attempts)
+    return Claim(
+        photo_id=photo_id,
+        owner_id=row.owner_id,
+        key=row.filename,
+        attempt=row.processing_attempts,
+        content_type=row.content_type,
+    )
 
 
 def complete(
@@ -77,6 +94,7 @@ def complete(
     rendition_type: str,
     thumbnail: StoredRendition,
     preview: StoredRendition,
+    public: PublicCopy,
 ) -> bool:
     """Record the renditions and metadata and make the photo's processing ready; False if it no longer waits.
 
@@ -94,6 +112,9 @@ def complete(
             thumbnail_etag=thumbnail.etag,
             preview_size=preview.size,
             preview_etag=preview.etag,
+            stripped_key=public.key,
+            stripped_size=public.size,
+            stripped_etag=public.etag,
             **_KEEP_UPDATED_AT,
             **metadata,
         )
@@ -112,6 +133,56 @@ def fail(session: Session, photo_id: int, error: str) -> bool:
         .values(
             processing_status=ProcessingStatus.FAILED, processing_error=error[:ERROR_TEXT_LIMIT], **_KEEP_UPDATED_AT
         )
+        .returning(Photo.id),
+        execution_options={"synchronize_session": False},
+    ).one_or_none()
+    session.commit()
+    return done is not None
+
+
+@dataclass(frozen=True)
+class StripClaim:
+    """A processed photo whose public copy (the original without its metadata) is still to be made."""
+
+    photo_id: int
+    owner_id: int
+    key: str
+    content_type: str
+    orientation: int | None
+
+
+def claim_strip(session: Session, photo_id: int) -> StripClaim | None:
+    """The photo, if it is ready, processed (ready or failed) and has no public copy yet; else None.
+
+    Not a lock: two runs at once both strip and store the same bytes under the same key, and the first
+    `complete_strip` wins (the second changes nothing).
+    """
+    row = session.execute(
+        select(Photo.owner_id, Photo.filename, Photo.content_type, Photo.orientation).where(
+            Photo.id == photo_id,
+            Photo.status == PhotoStatus.READY,
+            Photo.processing_status != ProcessingStatus.PENDING,
+            Photo.stripped_key.is_(None),
+        )
+    ).one_or_none()
+    session.commit()
+    if row is None:
+        return None
+    return StripClaim(
+        photo_id=photo_id,
+        owner_id=row.owner_id,
+        key=row.filename,
+        content_type=row.content_type,
+        orientation=row.orientation,
+    )
+
+
+def complete_strip(session: Session, photo_id: int, public: PublicCopy) -> bool:
+    """Record the public copy of a photo processed before public copies existed; False if already done."""
+    done = session.execute(
+        update(Photo)
+        .where(Photo.id == photo_id, Photo.stripped_key.is_(None))
+        .values(stripped_key=public.key, stripped_size=public.size, stripped_etag=public.etag, **_KEEP_UPDATED_AT)
         .returning(Photo.id),
         execution_options={"synchronize_session": False},
     ).one_or_none()
@@ -140,12 +211,15 @@ def mark_enqueued(session: Session, photo_id: int, now: datetime | None = None) 
 def take_unqueued(session: Session, *, now: datetime, stale_after: timedelta, limit: int) -> Sequence[int]:
     """Claim up to `limit` ready photos whose job was never enqueued, or enqueued more than `stale_after` ago.
 
+    A photo's job is due while its processing is pending, and also while it has no public copy yet (every
+    photo processed before public copies existed: the job then only makes that copy).
+
     Their `processing_enqueued_at` becomes `now` in the same statement that selects them, so two reapers
     running at once never take the same photo; the caller enqueues what it took.
     """
     waiting = (
         Photo.status == PhotoStatus.READY,
-        Photo.processing_status == ProcessingStatus.PENDING,
+        or_(Photo.processing_status == ProcessingStatus.PENDING, Photo.stripped_key.is_(None)),
         or_(Photo.processing_enqueued_at.is_(None), Photo.processing_enqueued_at < now - stale_after),
     )
     ids = session.scalars(select(Photo.id).where(*waiting).order_by(Photo.id).limit(limit)).all()

@@ -10,6 +10,7 @@ import re
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
@@ -34,9 +35,13 @@ def create_share(
     album_id: int,
     *,
     expires_in_days: int | None,
+    include_metadata: bool = False,
     clock: Callable[[], datetime] = utcnow,
 ) -> ShareLink:
-    """Create a share link for the owner's album, expiring after `expires_in_days` (never when None)."""
+    """Create a share link for the owner's album, expiring after `expires_in_days` (never when None).
+
+    Without `include_metadata` the public gets each original without its EXIF/XMP/GPS (its public copy).
+    """
     album = get_album(session, owner_id, album_id)
     now = clock()
     link = ShareLink(
@@ -46,6 +51,7 @@ def create_share(
         expires_at=now + timedelta(days=expires_in_days) if expires_in_days is not None else None,
         view_count=0,
         created_at=now,
+        include_metadata=include_metadata,
     )
     session.add(link)
     session.commit()
@@ -96,9 +102,16 @@ def _unusable_link_error(session: Session, token: str) -> NotFoundError | GoneEr
     return GoneError("Share link has expired or been revoked")
 
 
+class SharedAlbum(NamedTuple):
+    """A page of a shared album, and whether its link shows the photos' metadata."""
+
+    page: AlbumPage
+    include_metadata: bool
+
+
 def view_shared_album(
     session: Session, token: str, *, skip: int, limit: int, clock: Callable[[], datetime] = utcnow
-) -> AlbumPage:
+) -> SharedAlbum:
     """A page of what a share link opens; NotFoundError if unknown, GoneError if unusable.
 
     Opening the album (the first page, `skip` 0) counts one view; the later pages of the same visit do not.
@@ -111,11 +124,13 @@ def view_shared_album(
             update(ShareLink)
             .where(ShareLink.token == token, _usable(clock()))
             .values(view_count=ShareLink.view_count + 1)
-            .returning(ShareLink.id),
+            .returning(ShareLink.id, ShareLink.include_metadata),
             execution_options={"synchronize_session": False},
         ).one_or_none()
     else:
-        row = session.execute(select(ShareLink.id).where(ShareLink.token == token, _usable(clock()))).one_or_none()
+        row = session.execute(
+            select(ShareLink.id, ShareLink.include_metadata).where(ShareLink.token == token, _usable(clock()))
+        ).one_or_none()
     if row is None:
         session.rollback()
         raise _unusable_link_error(session, token)
@@ -128,10 +143,17 @@ def view_shared_album(
         raise NotFoundError(SHARE_NOT_FOUND)
     page = album_page(session, album, skip=skip, limit=limit)
     log.info("shared album viewed", extra={"share_link_id": row.id, "album_id": album.id, "skip": skip})
-    return page
+    return SharedAlbum(page, bool(row.include_metadata))
 
 
-def shared_photo(session: Session, token: str, photo_id: int, *, clock: Callable[[], datetime] = utcnow) -> Photo:
+class SharedPhoto(NamedTuple):
+    """A photo as a share link opens it."""
+
+    photo: Photo
+    include_metadata: bool
+
+
+def shared_photo(session: Session, token: str, photo_id: int, *, clock: Callable[[], datetime] = utcnow) -> SharedPhoto:
     """A ready photo of the shared album; NotFoundError unless it is in that album, GoneError for a dead link."""
     _check_shape(token)
     link = session.scalars(select(ShareLink).where(ShareLink.token == token, _usable(clock()))).one_or_none()
@@ -146,4 +168,4 @@ def shared_photo(session: Session, token: str, photo_id: int, *, clock: Callable
     ).one_or_none()
     if photo is None:
         raise NotFoundError("Photo not found")
-    return photo
+    return SharedPhoto(photo, link.include_metadata)

@@ -60,7 +60,7 @@ from ..storage import (
     StorageError,
     StoredObject,
 )
-from . import deletions
+from . import deletions, photos
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,12 @@ def confirm(
     photo_id: int,
     max_upload_bytes: int,
     now: datetime | None = None,
-) -> Photo:
+) -> photos.Uploaded:
     """Verify a pending photo's staged object, copy it to a final key and make the photo ready.
+
+    When the staged bytes are identical to one of the owner's ready photos, the pending photo and its
+    staged object are discarded instead and that photo is answered (`duplicate`), added to the pending
+    photo's album if it had one; confirming the discarded photo again is then a 404.
 
     A ready photo is returned as is. 404 when the photo is not the caller's. No object yet: 422 while
     the window is open (the row stays, so the client can still upload), 410 once it has closed. An object
@@ -221,7 +225,7 @@ def confirm(
     now = now or utcnow()
     photo = _owned_photo(session, owner_id, photo_id)
     if photo.status == PhotoStatus.READY:
-        return photo
+        return photos.Uploaded(photo)
     staged_key = photo.filename
     session.commit()  # no transaction held open while storage answers (the session keeps `photo` loaded)
     try:
@@ -229,7 +233,7 @@ def confirm(
     except ObjectNotFoundError:
         current = _owned_photo(session, owner_id, photo_id, refresh=True)
         if current.status == PhotoStatus.READY:
-            return current  # a concurrent confirm won and has already removed the staged object
+            return photos.Uploaded(current)  # a concurrent confirm won and has already removed the staged object
         if photo.upload_expires_at is not None and photo.upload_expires_at <= now:
             raise GoneError("The upload window closed before the object was uploaded") from None
         raise ValidationFailedError(
@@ -244,7 +248,11 @@ def confirm(
                 problems, detail="The uploaded file does not match the declaration; it was removed"
             )
         # Another confirm (with a newer object) or the reaper got to the row first: answer what is there now.
-        return _owned_photo(session, owner_id, photo_id, refresh=True)
+        return photos.Uploaded(_owned_photo(session, owner_id, photo_id, refresh=True))
+
+    existing = photos.same_content(session, owner_id, staged.etag)
+    if existing is not None:
+        return _confirm_duplicate(session, storage, photo, existing, now)
 
     # Conditional on the ETag just checked: the final key holds the verified bytes or nothing. The
     # comparison after it guards against a store that ignored the condition.
@@ -256,34 +264,70 @@ def confirm(
     except ObjectNotFoundError:
         current = _owned_photo(session, owner_id, photo_id, refresh=True)
         if current.status == PhotoStatus.READY:
-            return current  # removed since the check by a confirm that won
+            return photos.Uploaded(current)  # removed since the check by a confirm that won
         raise ConflictError(UPLOAD_CHANGED) from None
     if (final.etag, final.size) != (staged.etag, staged.size):
         deletions.delete_objects(session, storage, [final_key])
         raise ConflictError(UPLOAD_CHANGED)
 
     # The flip is the claim: of two confirms, or a confirm and a reaper, only one statement matches.
-    flipped = session.scalar(
-        update(Photo)
-        .where(Photo.id == photo.id, Photo.status == PhotoStatus.PENDING)
-        .values(
-            status=PhotoStatus.READY,
-            filename=final_key,
-            checksum=final.etag,
-            file_size=final.size,
-            upload_expires_at=None,
-            updated_at=now,
+    try:
+        flipped = session.scalar(
+            update(Photo)
+            .where(Photo.id == photo.id, Photo.status == PhotoStatus.PENDING)
+            .values(
+                status=PhotoStatus.READY,
+                filename=final_key,
+                checksum=final.etag,
+                content_checksum=final.etag,
+                file_size=final.size,
+                upload_expires_at=None,
+                updated_at=now,
+            )
+            .returning(Photo.id),
+            execution_options={"synchronize_session": False},
         )
-        .returning(Photo.id),
-        execution_options={"synchronize_session": False},
-    )
-    session.commit()
+        session.commit()
+    except IntegrityError as exc:
+        # An identical photo of the owner was made ready since the look-up above (the unique index).
+        session.rollback()
+        deletions.delete_objects(session, storage, [final_key])
+        winner = photos.same_content(session, owner_id, final.etag) if photos.is_duplicate_content(exc) else None
+        if winner is None:
+            raise
+        return _confirm_duplicate(session, storage, photo, winner, now)
     if flipped is None:
         log.info("confirm lost a race", extra={"photo_id": photo.id})
         deletions.delete_objects(session, storage, [final_key])  # only this confirm's copy
     else:
         _retire_staged(session, storage, staged_key, photo.upload_expires_at, now)
-    return _owned_photo(session, owner_id, photo_id, refresh=True)
+    return photos.Uploaded(_owned_photo(session, owner_id, photo_id, refresh=True))
+
+
+def _confirm_duplicate(
+    session: Session, storage: Storage, pending: Photo, existing: Photo, now: datetime
+) -> photos.Uploaded:
+    """Discard a pending photo whose bytes the owner already has, and answer with the photo that has them."""
+    # Read before the row goes (a rollback before this call may have expired them).
+    pending_id, owner_id, staged_key, window_end = (
+        pending.id,
+        pending.owner_id,
+        pending.filename,
+        pending.upload_expires_at,
+    )
+    album_id = session.scalar(select(AlbumPhoto.album_id).where(AlbumPhoto.photo_id == pending_id).limit(1))
+    removed = session.scalars(
+        delete(Photo)
+        .where(Photo.id == pending_id, Photo.status == PhotoStatus.PENDING)
+        .returning(Photo.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    if not removed:
+        # A concurrent confirm made it ready (or the reaper removed it): answer what is there now.
+        return photos.Uploaded(_owned_photo(session, owner_id, pending_id, refresh=True))
+    _retire_staged(session, storage, staged_key, window_end, now)
+    return photos.answer_duplicate(session, existing, album_id)
 
 
 def reap(session: Session, storage: Storage, now: datetime, batch: int = DEFAULT_REAP_BATCH) -> ReapResult:

@@ -63,6 +63,12 @@ def _conflicting_field(exc: IntegrityError) -> str | None:
 def authenticate(session: Session, passwords: Passwords, *, email: str, password: str) -> User | None:
     """The active user with these credentials, or None; unknown e-mails cost as much time as wrong passwords."""
     user = session.scalars(select(User).where(User.email == normalise_email(email))).one_or_none()
+    if user is not None:
+        session.expunge(user)  # keeps its loaded fields through the rollback below
+    # Hand the connection back to the pool before hashing: a hash (and its wait for a thread of the
+    # hashing pool) takes 0.1 s to seconds under a login flood, and logins holding connections all that
+    # time exhausted the pool, so that /health's database probe timed out (ops/bench/RESULTS.md).
+    session.rollback()
     ok = passwords.verify(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
         return None

@@ -3,7 +3,7 @@
 - `env`: the environment of a production instance (`production_env`, `lifecycle_env`, `swift_settings`);
 - `server`: `photo-api serve` as a real process (`ServeProcess`, `Servers`, `free_port`, pid helpers), and
   `photo-api worker` (`JobWorker`);
-- `jobs_redis`: the job tests' Redis database (`fresh_jobs_redis`), until it joins the throttling's helper;
+- `redis_db`: a Redis database of a suite's own, emptied (`fresh_redis(JOBS_DB)`, `fresh_redis(THROTTLE_DB)`);
 - `faultproxy`: a TCP proxy that injects faults, from latency to a refused port or a dead network path;
 - `users`: register and log in, through Flask's test client or over HTTP (`Users`);
 - `databases`: temporary PostgreSQL databases and SQLite files (`pg_database`, `PostgresServer`);

@@ -107,13 +107,15 @@ def production_env(
     metrics_dir: Path | None = None,
     log_level: str | None = None,
     cheap_hashing: bool = False,
+    throttling: bool = False,
     overrides: Mapping[str, str | None] | None = None,
 ) -> dict[str, str]:
     """ENVIRONMENT=production on `database_url`, storing photos in `storage_dir` or on `swift`.
 
     `lifecycle` comes from lifecycle_env(), `swift` from swift_settings(). `metrics_port` sets METRICS_PORT
     (give a free_port(): another instance on the machine may hold the default); `metrics_dir` sets
-    PROMETHEUS_MULTIPROC_DIR. `cheap_hashing` sets the lowest argon2 cost production accepts.
+    PROMETHEUS_MULTIPROC_DIR. `cheap_hashing` sets the lowest argon2 cost production accepts. Login and
+    registration throttling is off unless `throttling` (suites register many users from one address).
     `overrides` win over everything above; a value of None removes that variable.
     """
     if (storage_dir is None) == (swift is None):
@@ -129,6 +131,8 @@ def production_env(
     env.update(swift or {})
     if cheap_hashing:
         env.update(PRODUCTION_HASH_FLOOR)
+    if not throttling:
+        env["RATE_LIMIT_ENABLED"] = "false"
     if log_level is not None:
         env["LOG_LEVEL"] = log_level
     if metrics_port is not None:

@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from tests.harness.jobs_redis import fresh_jobs_redis
+from tests.harness.redis_db import JOBS_DB, fresh_redis
 from tests.images import png
 from tests.metrics.conftest import HTTP_TIMEOUT_S, Instance, StartInstance, debian_tool
 
@@ -136,7 +136,11 @@ def _exercise(instance: Instance) -> None:
     assert r.status_code == 201, r.text
     album_id = r.json()["id"]
     requests.post(url(f"/albums/{album_id}/photos"), headers=headers, json={"photo_ids": [photo_id]}, timeout=timeout)
-    r = requests.post(url(f"/albums/{album_id}/share"), headers=headers, timeout=timeout)
+    # With metadata: the original is served at once (without, its public copy waits for a worker, and
+    # the instance of the scrape test has none).
+    r = requests.post(
+        url(f"/albums/{album_id}/share"), headers=headers, json={"include_metadata": True}, timeout=timeout
+    )
     assert r.status_code == 201, r.text
     token = r.json()["token"]
     assert requests.get(url(f"/share/{token}"), timeout=timeout).status_code == 200
@@ -148,7 +152,7 @@ def _exercise(instance: Instance) -> None:
 @pytest.mark.slow
 def test_every_metric_queried_exists_in_a_real_scrape(start_instance: StartInstance) -> None:
     # With a job queue on Redis, so that its depth is exported (no worker: the upload's job just waits).
-    instance = start_instance({"REDIS_URL": fresh_jobs_redis()}, workers=2)
+    instance = start_instance({"REDIS_URL": fresh_redis(JOBS_DB)}, workers=2)
     _exercise(instance)
     exposed = instance.scrape().names
 

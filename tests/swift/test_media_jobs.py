@@ -32,7 +32,7 @@ from photo_api.db import driver_url
 from tests.harness.databases import pg_database
 from tests.harness.env import production_env, swift_settings
 from tests.harness.faultproxy import Fault, FaultProxy
-from tests.harness.jobs_redis import fresh_jobs_redis, jobs_redis_address, jobs_redis_url
+from tests.harness.redis_db import JOBS_DB, fresh_redis, redis_address, redis_url
 from tests.harness.server import JobWorker, ServeProcess, clean_environment, console_script, free_port
 from tests.harness.users import Users
 from tests.images import photo_heic, photo_jpeg, png_bomb
@@ -50,6 +50,7 @@ JOB_SETTINGS = {
     "JOB_RETRY_BASE_DELAY": "1",
     "DB_STATEMENT_TIMEOUT_MS": "10000",
     "GRACEFUL_TIMEOUT": "10",
+    "CLIENT_BODY_TIMEOUT": "10",  # the config rules: a request body is never waited for past the graceful stop
 }
 STALE_S = 11
 PROCESSED_WITHIN_S = 30  # a loaded 2-CPU machine; a 12-megapixel JPEG takes ~0.3 s to process
@@ -114,8 +115,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("media-jobs")
-    redis_host, redis_port = jobs_redis_address()
-    fresh_jobs_redis()
+    redis_host, redis_port = redis_address()
+    fresh_redis(JOBS_DB)
     with (
         pg_database("photo_api_media") as url,
         FaultProxy((redis_host, redis_port)) as redis_proxy,
@@ -141,7 +142,7 @@ def stack(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory
             log_level="WARNING",
             metrics_port=free_port(),
             metrics_dir=work / "prometheus-api",
-            overrides={**JOB_SETTINGS, "REDIS_URL": jobs_redis_url(proxy_host, int(proxy_port))},
+            overrides={**JOB_SETTINGS, "REDIS_URL": redis_url(JOBS_DB, proxy_host, int(proxy_port))},
         )
         worker_env = production_env(
             url,
@@ -150,7 +151,7 @@ def stack(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory
             log_level="INFO",
             overrides={
                 **JOB_SETTINGS,
-                "REDIS_URL": jobs_redis_url(),
+                "REDIS_URL": redis_url(JOBS_DB),
                 "METRICS_ENABLED": "false",
                 # The job's GET of the original waits this long on a silent Swift: longer than any test here.
                 "STORAGE_DOWNLOAD_TIMEOUT": "60",
@@ -269,7 +270,8 @@ def test_uploads_get_renditions_metadata_and_placeholders_from_a_worker(stack: S
         preview = get(stack, photo["preview_url"], owner)
         assert Image.open(io.BytesIO(preview.content)).size == (1080, 1440)
         prefix = f"r/{photo['owner_id']}/{photo['id']}/"
-        assert sorted(stack.objects(prefix)) == [prefix + "preview.webp", prefix + "thumb.webp"]
+        # The renditions, and the original without its metadata (what a share serves by default).
+        assert sorted(stack.objects(prefix)) == [prefix + "preview.webp", prefix + "public.jpg", prefix + "thumb.webp"]
 
         processed_heic = wait_processed(stack, owner, heic["id"], PROCESSED_WITHIN_S)
         assert processed_heic["processing_status"] == "ready" and (
@@ -311,6 +313,60 @@ def test_uploads_get_renditions_metadata_and_placeholders_from_a_worker(stack: S
         assert scraped.value("photo_api_jobs_total", job="renditions", result="failed") == 1
         assert scraped.value("photo_api_job_duration_seconds_count", job="renditions") == 3
         assert scraped.value("photo_api_job_queue_depth") == 0
+
+
+def decoded(data: bytes) -> tuple[str, tuple[int, int], bytes]:
+    with Image.open(io.BytesIO(data)) as picture:
+        picture.load()
+        return picture.mode, picture.size, picture.tobytes()
+
+
+def test_shares_serve_originals_without_metadata_from_swift_and_duplicates_store_nothing(
+    stack: Stack, owner: dict[str, str]
+) -> None:
+    original = photo_jpeg(1200, 900, orientation=6, gps=(37.5665, 126.978), make="Apple", model="iPhone 15")
+    with stack.worker("worker-privacy"):
+        jpeg = upload(stack, owner, original)
+        photo = wait_processed(stack, owner, jpeg["id"], PROCESSED_WITHIN_S)
+        originals = f"u/{photo['owner_id']}/"
+        assert stack.objects(originals) == [photo["filename"]]
+
+        # The same bytes again: the existing photo, 200, and the streamed copy removed from Swift.
+        again = requests.post(
+            stack.server.url("/photos"), headers=owner, files={"file": ("again.jpg", original)}, timeout=HTTP_TIMEOUT_S
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["duplicate"] is True and again.json()["id"] == photo["id"]
+        assert stack.objects(originals) == [photo["filename"]]
+
+        album = requests.post(stack.server.url("/albums"), headers=owner, json={"name": "public"}, timeout=30).json()
+        requests.post(
+            stack.server.url(f"/albums/{album['id']}/photos"),
+            headers=owner,
+            json={"photo_ids": [photo["id"]]},
+            timeout=30,
+        )
+        token = requests.post(stack.server.url(f"/albums/{album['id']}/share"), headers=owner, timeout=30).json()[
+            "token"
+        ]
+        url = f"/share/{token}/photos/{photo['id']}/image"
+        served = get(stack, url)
+        assert served.status_code == 200 and served.headers["Content-Type"] == "image/jpeg"
+        assert b"Apple" not in served.content and b"iPhone" not in served.content
+        with Image.open(io.BytesIO(served.content)) as picture:
+            assert dict(picture.getexif()) == {0x0112: 6}  # the orientation only: shown upright
+        assert decoded(served.content) == decoded(original)
+        # Streamed from Swift like the original: Content-Length, ETag and 304, one Range.
+        assert served.headers["Content-Length"] == str(len(served.content))
+        assert get(stack, url, **{"If-None-Match": served.headers["ETag"]}).status_code == 304
+        part = get(stack, url, Range="bytes=100-199")
+        assert part.status_code == 206 and part.content == served.content[100:200]
+        # The owner's original keeps its EXIF; a share with metadata serves it as stored.
+        assert get(stack, f"/photos/{photo['id']}/image", owner).content == original
+        with_metadata = requests.post(
+            stack.server.url(f"/albums/{album['id']}/share"), headers=owner, json={"include_metadata": True}, timeout=30
+        ).json()
+        assert get(stack, f"/share/{with_metadata['token']}/photos/{photo['id']}/image").content == original
 
 
 def test_an_upload_succeeds_while_redis_is_down_and_the_reaper_enqueues_it_later(
@@ -355,7 +411,7 @@ def test_a_worker_killed_mid_job_finishes_it_after_a_restart_exactly_once(stack:
     row = stack.row(photo["id"])
     assert row["processing_attempts"] == 2  # the killed run and the one that finished
     prefix = f"r/{photo['owner_id']}/{photo['id']}/"
-    assert sorted(stack.objects(prefix)) == [prefix + "preview.webp", prefix + "thumb.webp"]
+    assert sorted(stack.objects(prefix)) == [prefix + "preview.webp", prefix + "public.jpg", prefix + "thumb.webp"]
     thumb = get(stack, done["thumbnail_url"], owner)
     assert thumb.headers["ETag"] == f'"{row["thumbnail_etag"]}"'
     # The reaper does not enqueue a processed photo again, however old its enqueue time.
@@ -366,7 +422,9 @@ def test_sigterm_lets_the_job_in_hand_finish_then_the_worker_exits_0(stack: Stac
     worker = stack.worker("worker-sigterm").start()
     try:
         stack.swift_proxy.set(Fault.latency(SLOW_STORAGE_MS))
-        photo = upload(stack, owner, photo_jpeg(1600, 1200))
+        # 800 x 600: through the slow proxy the job (GET of the original, PUT of its copy without metadata
+        # and of the renditions) takes seconds, well inside JOB_TIMEOUT; 1600 x 1200 passed 10 s.
+        photo = upload(stack, owner, photo_jpeg(800, 600))
         enqueued(stack, photo["id"])
         wait_for(lambda: stack.row(photo["id"])["processing_attempts"] == 1, 20, "the job to start", worker)
         assert stack.row(photo["id"])["processing_status"] == "pending"  # in hand, not done
