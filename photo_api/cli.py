@@ -12,7 +12,14 @@ from typing import Any
 import click
 
 from . import metrics, migrate
-from .config import ConfigError, Settings, bootstrap_development, development_defaults, load_settings
+from .config import (
+    ConfigError,
+    Settings,
+    bootstrap_development,
+    connection_budget,
+    development_defaults,
+    load_settings,
+)
 
 QUEUE_DEPTH_TIMEOUT_S = 0.5  # the worker's metrics read the queue's depth at scrape time
 
@@ -47,6 +54,8 @@ def check_config() -> None:
             "fill the unset values at start",
             err=True,
         )
+    if (budget := connection_budget(settings)) is not None:
+        click.echo(f"database connection budget: {budget[2]}", err=True)
     click.echo("configuration is valid", err=True)
 
 

@@ -7,13 +7,15 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.util import queue as sqla_queue
 
 from .config import Settings
 from .greenlets import deadline
-from .resilience import ConnectGate
+from .resilience import CONNECT_RETRY_INTERVAL_S, ConnectGate, capacity_refusal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,6 +30,74 @@ SQLITE_BUSY_TIMEOUT_S = 5
 PING_SHARE_OF_HEALTH_TIMEOUT = 0.5
 
 
+class CapacityAwarePool(QueuePool):
+    """QueuePool that treats a server refusing a new connection for capacity as "wait", not "fail".
+
+    QueuePool opens an overflow connection when no pooled one is free; if that connect raises, it gives
+    the overflow slot back and the checkout fails with the driver's error at once (a 503), although the
+    worker's pooled connections are healthy and one will be returned within milliseconds. Here a
+    refusal for capacity (`resilience.capacity_refusal`: too many connections, starting up) makes the
+    checkout wait on the pool's queue for a returned connection, within the same DB_POOL_TIMEOUT as any
+    checkout, and then fail with the pool's TimeoutError (503 with Retry-After). While the server keeps
+    refusing, this pool tries a new connection at most once per `refusal_backoff` seconds: PostgreSQL
+    forks a backend for every connect before it refuses it, so hammering a full server costs it CPU.
+    Every other connect failure propagates unchanged (the ConnectGate has already judged it).
+    `on_refusal(reason)` is called for each refusal (the metric).
+    """
+
+    # Set by watch_refusals() after create_engine() built the pool (it passes only QueuePool's arguments).
+    _refusal_backoff = CONNECT_RETRY_INTERVAL_S
+    _on_refusal: Callable[[str], None] | None = None
+    _refused_until = 0.0
+
+    def watch_refusals(self, on_refusal: Callable[[str], None], backoff: float = CONNECT_RETRY_INTERVAL_S) -> None:
+        """Call `on_refusal(reason)` for every refusal; try a new connection at most every `backoff` s after one."""
+        self._on_refusal, self._refusal_backoff = on_refusal, backoff
+
+    def recreate(self) -> QueuePool:
+        """The same pool, new (SQLAlchemy calls this on engine.dispose() and invalidation)."""
+        pool = super().recreate()
+        assert isinstance(pool, CapacityAwarePool)
+        pool._refusal_backoff, pool._on_refusal = self._refusal_backoff, self._on_refusal
+        return pool
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        # QueuePool._do_get, with a refused overflow connect turned into waiting on the queue.
+        give_up = time.monotonic() + self._timeout
+        while True:
+            remaining = give_up - time.monotonic()
+            overflow_full = self._max_overflow > -1 and self._overflow >= self._max_overflow
+            refusing = time.monotonic() < self._refused_until
+            wait = max(0.0, min(remaining, self._refused_until - time.monotonic())) if refusing else remaining
+            try:
+                # Block when no new connection may be opened: overflow used up, or refused a moment ago.
+                return self._pool.get(overflow_full or refusing, wait)
+            except sqla_queue.Empty:
+                pass
+            if time.monotonic() >= give_up:
+                raise exc.TimeoutError(
+                    f"QueuePool limit of size {self.size()} overflow {self.overflow()} reached, connection "
+                    f"timed out, timeout {self._timeout:0.2f}",
+                    code="3o7r",
+                )
+            if time.monotonic() < self._refused_until or not self._inc_overflow():
+                continue
+            try:
+                return self._create_connection()
+            except BaseException as error:
+                self._dec_overflow()
+                reason = capacity_refusal(error)
+                if reason is None:
+                    raise
+                self._refused_until = time.monotonic() + self._refusal_backoff
+                if self._on_refusal is not None:
+                    self._on_refusal(reason)
+                log.warning(
+                    "database refused a connection for capacity; waiting for a pooled one",
+                    extra={"reason": reason, "pool_size": self.size(), "checked_out": self.checkedout()},
+                )
+
+
 class Database:
     """One engine per process (created lazily: nothing connects until the first query) and its sessions."""
 
@@ -36,9 +106,17 @@ class Database:
         assert settings.database_url, "create_app refuses settings without DATABASE_URL"
         self.connect_gate = connect_gate if connect_gate is not None else ConnectGate()
         self.engine = make_engine(settings, self.connect_gate)
+        # Called with the reason of every connect the server refused for capacity (metrics).
+        self.refusal_hooks: list[Callable[[str], None]] = []
+        if isinstance(self.engine.pool, CapacityAwarePool):
+            self.engine.pool.watch_refusals(self._refused)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.slow_query_hooks: list[Callable[[float, str], None]] = []
         _install_slow_query_log(self.engine, settings.db_slow_query_ms / 1000, self.slow_query_hooks)
+
+    def _refused(self, reason: str) -> None:
+        for hook in self.refusal_hooks:
+            hook(reason)
 
     @property
     def is_postgresql(self) -> bool:
@@ -103,20 +181,25 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
 
-    options = (
-        f"-c statement_timeout={settings.db_statement_timeout_ms} "
-        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
-    )
+    timeouts = {
+        "statement_timeout": settings.db_statement_timeout_ms,
+        "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    }
+    # Directly to PostgreSQL the timeouts are session settings given at connect (startup `options`): free.
+    # PgBouncer refuses `options` (and in transaction pooling a session's settings would leak to whichever
+    # client gets that server connection next), so there they are set per transaction (SET LOCAL, below).
+    startup = {} if settings.db_pgbouncer else {"options": " ".join(f"-c {k}={v}" for k, v in timeouts.items())}
     engine = create_engine(
         url,
         # Error messages (logged with the traceback of a 500) would otherwise carry the bound values:
         # share tokens, password hashes.
         hide_parameters=True,
+        poolclass=CapacityAwarePool,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=True,
+        pool_pre_ping=settings.db_pool_pre_ping,
         connect_args={
             "application_name": APPLICATION_NAME,
             # libpq rounds anything below 2 s up to 2 s, and ignores it entirely on a green connection.
@@ -125,9 +208,11 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
             "keepalives_idle": 30,
             "keepalives_interval": 10,
             "keepalives_count": 3,
-            "options": options,
+            **startup,
         },
     )
+    if settings.db_pgbouncer:
+        _set_timeouts_per_transaction(engine, timeouts)
     connect_timeout = settings.db_connect_timeout
     dbapi = engine.dialect.loaded_dbapi
 
@@ -143,6 +228,20 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
 
     _bound_pre_ping(engine, settings.health_check_timeout * PING_SHARE_OF_HEALTH_TIMEOUT)
     return engine
+
+
+def _set_timeouts_per_transaction(engine: Engine, timeouts: dict[str, int]) -> None:
+    """`SET LOCAL` the timeouts at the start of every transaction: one round trip (both in one statement).
+
+    Through a transaction-pooling PgBouncer a transaction is the only unit that stays on one server
+    connection, so this is the only place where a setting is sure to apply to our own statements, and
+    SET LOCAL ends with the transaction: nothing leaks to the next client of that server connection.
+    """
+    statement = "; ".join(f"SET LOCAL {name} = {int(value)}" for name, value in timeouts.items())
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(statement)
 
 
 def _bound_pre_ping(engine: Engine, timeout: float) -> None:

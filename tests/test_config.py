@@ -19,9 +19,11 @@ from photo_api.config import (
     Service,
     Settings,
     bootstrap_development,
+    connection_budget,
     development_defaults,
     load_settings,
 )
+from photo_api.config.settings import POOL_SIZE_DEFAULT
 
 STRONG_SECRET = "k3J9vQ2mX7pL5tR8wZ1nB4cF6hD0gY2sA9eU3iO7"  # 40 bytes, not a known default
 TEMP_URL_KEY = "Tq8-temp-url-key-4hWm2Zr9Lx0Vb7Nc3Ks6Pd1Yf5Gj"  # production accepts it; shown nowhere
@@ -262,6 +264,17 @@ BAD_ENVIRONMENTS = [
         {"PASSWORD_HASH_QUEUE_TIMEOUT": "120"}, "PASSWORD_HASH_QUEUE_TIMEOUT", "less than", id="hash-queue-timeout"
     ),
     pytest.param({"RENDITION_FORMAT": "avif"}, "RENDITION_FORMAT", "webp", id="rendition-format"),
+    # the connection budget at the default pools: 10 x (2 x (20 + 5) + 2 + 1) + 1 = 531 against 100 - 3 - 3
+    pytest.param(
+        {"FLEET_MAX_INSTANCES": "10", "WORKERS": "2", "DB_MAX_CONNECTIONS": "100"},
+        "DB_MAX_CONNECTIONS",
+        "= 531; db_max_connections 100 - db_reserved_connections 3 - 3 superuser_reserved_connections = 94",
+        id="fleet-beyond-the-connection-budget",
+    ),
+    pytest.param(
+        {"FLEET_MAX_INSTANCES": "10", "DB_MAX_CONNECTIONS": "1000"}, "WORKERS", "must be set", id="budget-needs-workers"
+    ),
+    pytest.param({"FLEET_MAX_INSTANCES": "0"}, "FLEET_MAX_INSTANCES", "greater than", id="fleet-zero"),
 ]
 
 
@@ -271,6 +284,23 @@ def test_bad_environment_names_the_setting(environ: dict[str, str], setting: str
     assert setting in error.settings_named(), error
     assert fragment in messages_for(error, setting), error
     assert setting in str(error)  # what `check-config` and the boot failure print
+
+
+def test_the_connection_budget_counts_every_pool_and_is_checked_only_when_configured() -> None:
+    fleet = {"FLEET_MAX_INSTANCES": "10", "WORKERS": "2", "DB_POOL_SIZE": "10", "DB_MAX_OVERFLOW": "5"}
+    # 10 x (2 x 15 + 2 job processes + 1 reaper) + 1 migration = 331 fits 337 - 3 - 3 exactly...
+    settings = load_settings(environ={**fleet, "DB_MAX_CONNECTIONS": "337"})
+    assert connection_budget(settings) is not None and connection_budget(settings)[:2] == (331, 331)
+    # ...and one connection fewer does not; nor does one more instance.
+    assert "= 331;" in messages_for(config_error({**fleet, "DB_MAX_CONNECTIONS": "336"}), "DB_MAX_CONNECTIONS")
+    assert "= 364;" in messages_for(
+        config_error({**fleet, "DB_MAX_CONNECTIONS": "337", "FLEET_MAX_INSTANCES": "11"}), "DB_MAX_CONNECTIONS"
+    )
+    # Behind PgBouncer DB_MAX_CONNECTIONS is its max_client_conn: no PostgreSQL superuser slots to keep.
+    assert load_settings(environ={**fleet, "DB_MAX_CONNECTIONS": "334", "DB_PGBOUNCER": "true"})
+    # Without the fleet's size or the server's limit there is nothing to check.
+    assert connection_budget(load_settings(environ={"WORKERS": "64", "DB_POOL_SIZE": "200"})) is None
+    assert load_settings(environ={"WORKERS": "64", "DB_POOL_SIZE": "200", "DB_MAX_CONNECTIONS": "10"})
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -413,7 +443,7 @@ def test_cdn_local_token_mode_needs_no_api_keys() -> None:
 def test_empty_values_mean_unset() -> None:
     # `FOO=` lines in an env file are common; they must not turn into type errors.
     settings = load_settings(environ={"DB_POOL_SIZE": "", "ENABLE_DOCS": " ", "JWT_SECRET_KEY": ""})
-    assert settings.db_pool_size == 5
+    assert settings.db_pool_size == POOL_SIZE_DEFAULT
     assert settings.enable_docs is True
     assert settings.jwt_secret_key is None
 
@@ -571,7 +601,7 @@ def test_an_explicit_environ_replaces_the_process_environment(monkeypatch: pytes
     monkeypatch.setenv("DB_POOL_SIZE", "abc")
     monkeypatch.setenv("STORAGE_RETRY_MAX_TRIES", "0")
     settings = load_settings(environ={"REGION": "kr2"})
-    assert (settings.db_pool_size, settings.region, settings.overrides) == (5, "kr2", {})
+    assert (settings.db_pool_size, settings.region, settings.overrides) == (POOL_SIZE_DEFAULT, "kr2", {})
     # ...while without one the process environment is what is read.
     with pytest.raises(ConfigError) as info:
         load_settings()

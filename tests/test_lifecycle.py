@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -19,10 +21,11 @@ from photo_api.config import ConfigError, Settings, load_settings
 from photo_api.db import Database
 from photo_api.health import HEALTHY, DatabaseProbe
 from photo_api.lifecycle import ShutdownHooks
-from photo_api.resilience import ConnectGate
-from tests.harness.databases import pg_database
+from photo_api.resilience import ConnectGate, capacity_refusal
+from tests.harness.databases import limited_role, pg_database
 from tests.harness.env import TEST_SECRET, production_env
 from tests.harness.faultproxy import Fault, FaultProxy
+from tests.harness.server import free_port
 
 PRODUCTION = production_env("postgresql://photo_api@db.example:5432/photo_api", "/srv/photos")
 # The gate's background retry interval: tiny, so that its real retries take milliseconds.
@@ -180,6 +183,66 @@ def test_gate_in_front_of_a_real_postgresql() -> None:
                 assert db.ping(2, lambda conn: conn.execute(text("SELECT 1")).scalar())[1] == 1
             finally:
                 db.dispose()
+
+
+def test_full_server_does_not_trip_the_gate_and_the_checkout_waits_for_a_pooled_connection() -> None:
+    # A role limited to one session: its second connect is refused (53300) like one to a full server.
+    with pg_database("photo_api_gate", migrated=False) as database_url, limited_role(database_url, 1) as url:
+        gate = ConnectGate(retry_interval=RETRY_S)
+        settings = load_settings(
+            environ={},
+            database_url=url,
+            jwt_secret_key=TEST_SECRET,
+            db_pool_size=3,
+            db_max_overflow=0,
+            db_pool_timeout=1,
+        )
+        db = Database(settings, gate)
+        refusals: list[str] = []
+        db.refusal_hooks.append(refusals.append)
+        try:
+            held = db.engine.connect()
+            held.execute(text("SELECT 1"))
+            got: list[float] = []
+
+            def second() -> None:
+                started = time.monotonic()
+                with db.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                got.append(time.monotonic() - started)
+
+            waiter = threading.Thread(target=second)
+            waiter.start()
+            wait_until(lambda: refusals == ["too_many_connections"])
+            assert gate.is_open  # the server answered: no outage
+            time.sleep(0.2)
+            assert not got  # still waiting for a pooled connection, not failed
+            held.close()  # back to the pool: the waiting checkout takes it
+            waiter.join(2)
+            assert len(got) == 1 and got[0] >= 0.2
+            # Nothing returned within DB_POOL_TIMEOUT: the pool's own timeout (a 503 for a request).
+            with db.engine.connect(), pytest.raises(sqlalchemy.exc.TimeoutError):
+                db.engine.connect()
+            assert gate.is_open
+        finally:
+            db.dispose()
+
+
+def test_capacity_refusal_tells_a_full_server_from_an_unreachable_one() -> None:
+    with pg_database("photo_api_gate", migrated=False) as database_url, limited_role(database_url, 1) as url:
+        parts = make_url(url)
+        connect = {"host": parts.host, "port": parts.port or 5432, "user": parts.username, "dbname": parts.database}
+        first = psycopg2.connect(**connect)
+        try:
+            with pytest.raises(psycopg2.OperationalError) as refused:
+                psycopg2.connect(**connect)
+        finally:
+            first.close()
+    assert capacity_refusal(refused.value) == "too_many_connections"
+    with pytest.raises(psycopg2.OperationalError) as closed:
+        psycopg2.connect(host="127.0.0.1", port=free_port(), user="x", dbname="x", connect_timeout=2)
+    assert capacity_refusal(closed.value) is None
+    assert capacity_refusal(ConnectionRefusedError("refused")) is None
 
 
 def test_gate_ignores_a_killed_caller() -> None:

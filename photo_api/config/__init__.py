@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from .bootstrap import bootstrap_development, development_defaults
 from .problems import ConfigError, ConfigProblem, problem
 from .redaction import redact_url, redact_urls
-from .rules import RULES
+from .rules import RULES, connection_budget
 from .settings import (
     OVERRIDABLE,
     SERVICES,
@@ -97,6 +97,7 @@ __all__ = [
     "ServiceOverride",
     "Settings",
     "bootstrap_development",
+    "connection_budget",
     "detect_instance_ip",
     "development_defaults",
     "load_settings",

@@ -157,6 +157,57 @@ def _rule_jobs(s: Settings) -> Iterable[ConfigProblem]:
         yield problem("processing_stale_seconds", f"must be longer than JOB_TIMEOUT ({s.job_timeout}s)")
 
 
+# PostgreSQL's superuser_reserved_connections default: slots an application role can never take.
+POSTGRES_SUPERUSER_RESERVED = 3
+# Outside the API's pools, on each instance: one `photo-api reap-uploads` run (its timer); and once for
+# the fleet: one `photo-api db upgrade` (migrations run one at a time, under an advisory lock).
+REAPER_CONNECTIONS_PER_INSTANCE = 1
+MIGRATION_CONNECTIONS = 1
+
+
+def connection_budget(s: Settings) -> tuple[int, int, str] | None:
+    """(connections the fleet may open, connections available, the arithmetic), or None if not configured."""
+    if s.fleet_max_instances is None or s.db_max_connections is None or s.workers is None:
+        return None
+    per_worker = s.db_pool_size + s.db_max_overflow
+    per_instance = s.workers * per_worker + s.worker_processes + REAPER_CONNECTIONS_PER_INSTANCE
+    needed = s.fleet_max_instances * per_instance + MIGRATION_CONNECTIONS
+    reserve = s.db_reserved_connections + (0 if s.db_pgbouncer else POSTGRES_SUPERUSER_RESERVED)
+    available = s.db_max_connections - reserve
+    arithmetic = (
+        f"FLEET_MAX_INSTANCES {s.fleet_max_instances} x (WORKERS {s.workers} x (DB_POOL_SIZE {s.db_pool_size} "
+        f"+ DB_MAX_OVERFLOW {s.db_max_overflow}) + WORKER_PROCESSES {s.worker_processes} + "
+        f"{REAPER_CONNECTIONS_PER_INSTANCE} reaper) + {MIGRATION_CONNECTIONS} migration = {needed}; "
+        f"DB_MAX_CONNECTIONS {s.db_max_connections} - DB_RESERVED_CONNECTIONS {s.db_reserved_connections}"
+        + ("" if s.db_pgbouncer else f" - {POSTGRES_SUPERUSER_RESERVED} superuser_reserved_connections")
+        + f" = {available}"
+    )
+    return needed, available, arithmetic
+
+
+def _rule_connection_budget(s: Settings) -> Iterable[ConfigProblem]:
+    # Beyond the budget the server refuses sessions when the group scales out: requests then wait for
+    # pooled connections (CapacityAwarePool) instead of failing, but latency suffers; better to know first.
+    if s.fleet_max_instances is None or s.db_max_connections is None:
+        return
+    if s.workers is None:
+        yield problem(
+            "workers",
+            "must be set when FLEET_MAX_INSTANCES and DB_MAX_CONNECTIONS are (the connection budget counts "
+            "WORKERS; its default is the CPU count of whichever machine runs the check)",
+        )
+        return
+    budget = connection_budget(s)
+    assert budget is not None
+    needed, available, arithmetic = budget
+    if needed > available:
+        yield problem(
+            "db_max_connections",
+            f"the fleet may open more database connections than the server admits: {arithmetic}; lower "
+            "DB_POOL_SIZE/DB_MAX_OVERFLOW or FLEET_MAX_INSTANCES, raise max_connections, or use PgBouncer",
+        )
+
+
 def _rule_production_database(s: Settings) -> Iterable[ConfigProblem]:
     if s.is_production and (s.database_url is None or s.is_sqlite):
         yield problem("database_url", "production needs PostgreSQL (SQLite is for development only)")
@@ -331,6 +382,18 @@ RULES: list[Rule] = [
     (("environment", "password_hash_memory_kib", "password_hash_time_cost"), _rule_password_hash),
     (("database_url",), _rule_database_url),
     (("environment", "database_url"), _rule_production_database),
+    (
+        (
+            "fleet_max_instances",
+            "db_max_connections",
+            "db_reserved_connections",
+            "workers",
+            "worker_processes",
+            "db_pool_size",
+            "db_max_overflow",
+        ),
+        _rule_connection_budget,
+    ),
     (("redis_url",), _rule_redis_url),
     (RATE_LIMIT_FIELDS, _rule_rate_limits),
     (("processing_stale_seconds", "job_timeout"), _rule_jobs),

@@ -40,6 +40,10 @@ URL_FIELDS = (
     "redis_url",
 )
 
+# Database pool per gevent worker (see the fields' comment).
+POOL_SIZE_DEFAULT = 20
+MAX_OVERFLOW_DEFAULT = 5
+
 # The retry and breaker values, with their ranges: declared once, for the global settings and for each
 # dependency's overrides.
 RetryMaxTries = Annotated[int, Field(ge=1, le=20)]
@@ -125,13 +129,32 @@ class Settings(BaseSettings):
 
     # database
     database_url: str | None = None
-    db_pool_size: int = Field(default=5, ge=1, le=200)
-    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    # Sized from what one gevent worker holds at once (ops/bench/RESULTS.md, "Database pool"): a request
+    # holds its connection from its first query to its end, so at 32 keep-alive clients on 2 workers one
+    # worker held up to 20 (while running 1 or 2 statements at a time); overflow is for bursts. 5 + 10
+    # churned: an overflow connection coming back while 5 were idle was closed, and reopened (connect +
+    # auth on the request path) moments later: 16 to 65 new sessions per 20 s run, none with 20 + 0.
+    db_pool_size: int = Field(default=POOL_SIZE_DEFAULT, ge=1, le=200)
+    db_max_overflow: int = Field(default=MAX_OVERFLOW_DEFAULT, ge=0, le=500)
     db_pool_timeout: float = Field(default=30, gt=0, le=300)
     db_pool_recycle: int = Field(default=1800, ge=-1)
     db_connect_timeout: float = Field(default=5, gt=0, le=120)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0, le=3_600_000)
     db_slow_query_ms: int = Field(default=500, ge=0)
+    # Check each pooled connection with a round trip before use (bounded by half HEALTH_CHECK_TIMEOUT).
+    db_pool_pre_ping: bool = True
+    # Through PgBouncer in transaction pooling: no startup `options` (PgBouncer refuses them), the
+    # timeouts set per transaction instead (SET LOCAL), no session state relied on.
+    db_pgbouncer: bool = False
+    # The connection budget (rules.py), checked only when both are given: how many instances the
+    # autoscaling group may run, and what the server (or PgBouncer's max_client_conn) admits.
+    fleet_max_instances: int | None = Field(default=None, ge=1, le=10_000)
+    db_max_connections: int | None = Field(default=None, ge=1, le=1_000_000)
+    # Kept free for operators, monitoring and backups, beyond PostgreSQL's superuser_reserved_connections.
+    db_reserved_connections: int = Field(default=3, ge=0, le=10_000)
+    # `photo-api worker` processes per VM (photo-api-worker.service's WORKER_PROCESSES; 0 where none runs):
+    # each holds one database connection; counted in the budget.
+    worker_processes: int = Field(default=2, ge=0, le=256)
     # Diagnostic switch, refused in production: leave psycopg2 blocking in gevent workers, to see (and to
     # test) what a slow query does to every other request of the worker without psycogreen.
     disable_psycogreen: bool = False

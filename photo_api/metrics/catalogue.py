@@ -33,6 +33,8 @@ JOB_NAMES = ("renditions",)
 # ready/failed: the photo's processing ended; retry: a transient error, run again after a backoff;
 # skipped: nothing to do (already processed, or the photo was deleted).
 JOB_RESULTS = ("ready", "failed", "retry", "skipped")
+# Why PostgreSQL (or PgBouncer) refused a new connection while it answered (resilience.REFUSAL_REASONS).
+REFUSAL_REASONS = ("too_many_connections", "cannot_connect_now")
 ENQUEUE_RESULTS = ("ok", "failed")
 THROTTLED_ROUTES = ("login", "register")
 THROTTLE_SCOPES = ("account", "address")  # what the breached limit counts: one e-mail, or one client address
@@ -163,6 +165,13 @@ class Catalogue:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.db_connect_refusals = Counter(
+            "photo_api_db_connect_refusals_total",
+            "New database connections the server refused for capacity (full, starting up); the request waited "
+            "for a pooled connection instead",
+            ["reason"],
+            registry=r,
+        )
         self.db_slow_queries = Counter(
             "photo_api_db_slow_queries_total",
             "Statements slower than DB_SLOW_QUERY_MS",
@@ -268,6 +277,8 @@ class Catalogue:
                 self.jobs.labels(job, result)
         for result in ENQUEUE_RESULTS:
             self.job_enqueues.labels(result)
+        for reason in REFUSAL_REASONS:
+            self.db_connect_refusals.labels(reason)
         for route in THROTTLED_ROUTES:
             for scope in THROTTLE_SCOPES:
                 self.rate_limited.labels(route, scope)

@@ -22,6 +22,7 @@ from .catalogue import (
     JOB_NAMES,
     JOB_RESULTS,
     POOL_REJECTIONS,
+    REFUSAL_REASONS,
     THROTTLE_SCOPES,
     THROTTLED_ROUTES,
     UPLOAD_METHODS,
@@ -111,6 +112,7 @@ class PooledDatabase(Protocol):
 
     engine: Engine
     slow_query_hooks: list[Callable[[float, str], None]]
+    refusal_hooks: list[Callable[[str], None]]
 
 
 def watch_database(db: PooledDatabase, settings: Settings) -> None:
@@ -136,6 +138,7 @@ def watch_database(db: PooledDatabase, settings: Settings) -> None:
     event.listen(db.engine, "checkout", lambda *_args: moved(1))
     event.listen(db.engine, "checkin", lambda *_args: moved(-1))
     db.slow_query_hooks.append(lambda _elapsed, _statement: cat.db_slow_queries.inc())
+    db.refusal_hooks.append(lambda reason: cat.db_connect_refusals.labels(bounded(reason, REFUSAL_REASONS)).inc())
 
 
 def upload(method: str, result: str, size_bytes: int = 0) -> None:

@@ -27,13 +27,14 @@ from .failures import (
     raise_for_transient,
     retry_after_seconds,
 )
-from .gate import CONNECT_RETRY_INTERVAL_S, ConnectGate
+from .gate import CONNECT_RETRY_INTERVAL_S, REFUSAL_REASONS, ConnectGate, capacity_refusal
 from .policy import Policies, Policy
 from .resilient import Resilient
 
 __all__ = [
     "BULKHEAD_RETRY_AFTER_S",
     "CONNECT_RETRY_INTERVAL_S",
+    "REFUSAL_REASONS",
     "RETRYABLE_STATUSES",
     "TRANSIENT_EXCEPTIONS",
     "Breaker",
@@ -48,6 +49,7 @@ __all__ = [
     "Policy",
     "Resilient",
     "TransientError",
+    "capacity_refusal",
     "counts_as_failure",
     "is_timeout",
     "outcome_of",

@@ -130,3 +130,29 @@ def migrated_sqlite(path: Path) -> str:
     url = sqlite_url(path)
     migrate.upgrade(url)
     return url
+
+
+@contextlib.contextmanager
+def limited_role(database_url: str, connection_limit: int) -> Iterator[str]:
+    """A login role of its own with `CONNECTION LIMIT connection_limit` and full rights on the database's
+    tables; the database URL as that role. The role is dropped afterwards.
+
+    PostgreSQL refuses the role's connection beyond the limit with SQLSTATE 53300, exactly as a full
+    server does (max_connections): the way to make "the server is full" without filling the shared server.
+    """
+    url = make_url(database_url)
+    server = PostgresServer(url.set(database="postgres").render_as_string(hide_password=False))
+    role = f"photo_api_limited_{uuid.uuid4().hex[:10]}"
+    conn = server.connect(url.database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT {int(connection_limit)}')
+            cur.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
+            cur.execute(f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+        yield url.set(username=role, password=None).render_as_string(hide_password=False)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+            cur.execute(f'DROP OWNED BY "{role}"')
+            cur.execute(f'DROP ROLE "{role}"')
+        conn.close()
