@@ -163,6 +163,16 @@ class NativePool:
         self._pool: Any = None
         self._niced: set[int] = set()  # native ids of the pool's threads whose priority was lowered
 
+    def refuse_if_full(self) -> None:
+        """Raise PoolBusyError now if a call made now would be refused for a full queue.
+
+        For callers with work to do before their call (a database query before a password check): under a
+        flood of clients that retry at once, the refused requests' own work took the CPU the pool needed.
+        """
+        if self.in_flight >= self.threads and self.waiting >= self.queue_size:
+            self._events.rejected("queue_full")
+            raise PoolBusyError(self.name, "queue_full")
+
     def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn` on one of the pool's threads and return its result (its exception is raised here)."""
         started = time.monotonic()

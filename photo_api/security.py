@@ -65,6 +65,11 @@ class Passwords:
             self._dummy = self._run(self._hasher.hash, "dummy password for timing equalisation")
         return self._dummy
 
+    def refuse_if_busy(self) -> None:
+        """Raise PoolBusyError (503) at once when the hashing pool's queue is full: check before other work."""
+        if self._pool is not None:
+            self._pool.refuse_if_full()
+
     def hash(self, password: str) -> str:
         """Hash a password (argon2 never truncates, unlike bcrypt's 72 bytes)."""
         return self._run(self._hasher.hash, password)

@@ -62,6 +62,7 @@ def _conflicting_field(exc: IntegrityError) -> str | None:
 
 def authenticate(session: Session, passwords: Passwords, *, email: str, password: str) -> User | None:
     """The active user with these credentials, or None; unknown e-mails cost as much time as wrong passwords."""
+    passwords.refuse_if_busy()  # no query for a login that could not be checked now
     user = session.scalars(select(User).where(User.email == normalise_email(email))).one_or_none()
     if user is not None:
         session.expunge(user)  # keeps its loaded fields through the rollback below
