@@ -9,6 +9,7 @@ the test process, so tests compare before and after.
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from photo_api import create_app, metrics
 from photo_api.api.context import collaborators_of
 from photo_api.config import Settings
 from photo_api.greenlets import NativePool, PoolBusyError
+from tests import python_child
 from tests.harness.redis_db import THROTTLE_DB, fresh_redis
 from tests.harness.server import free_port
 from tests.harness.users import DEFAULT_PASSWORD, Users
@@ -293,3 +295,31 @@ def test_hashing_threads_run_at_a_lower_priority() -> None:
         threads.kill()
     assert seen == min(own + 5, 19)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+def test_a_full_hashing_pool_leaves_gevents_resolver_threads_free() -> None:
+    # In a gevent worker host names are resolved on the hub's thread pool (10 threads). Hashing has its own
+    # threads: with more hashes in progress than the hub has threads, a lookup still answers at once. Were
+    # the hashes on the hub's pool, the lookup would wait for the first of them to end (HOLD_S).
+    script = """
+        from gevent import monkey
+        monkey.patch_all()
+        import socket, threading, time
+        import gevent
+        from photo_api.greenlets import NativePool
+
+        HOLD_S = 3.0
+        hub_threads = gevent.get_hub().threadpool.maxsize
+        pool = NativePool(hub_threads + 2, queue_size=0, queue_timeout=0)
+        hashes = [gevent.spawn(pool.run, time.sleep, HOLD_S) for _ in range(hub_threads + 2)]
+        gevent.sleep(0.3)  # every hash has a thread of the pool
+        assert pool.in_flight == hub_threads + 2, pool.in_flight
+        started = time.monotonic()
+        socket.getaddrinfo("localhost", 80)
+        print(round(time.monotonic() - started, 3), HOLD_S)
+        gevent.joinall(hashes)
+    """
+    done = subprocess.run(python_child(script), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    lookup_s, hold_s = (float(x) for x in done.stdout.split())
+    assert lookup_s < hold_s / 3, f"a host-name lookup waited {lookup_s} s behind the hashes"
