@@ -28,8 +28,10 @@ import requests
 from photo_api.resilience import Bulkhead, Policy
 from photo_api.storage import SwiftStorage
 from tests.harness.ci import unavailable
+from tests.harness.env import swift_settings
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.server import free_ports
+from tests.swift.api_server import through
 
 REPO = Path(__file__).resolve().parents[2]
 SAIO_SCRIPT = REPO / "ops" / "swift-saio.sh"
@@ -62,6 +64,17 @@ class Swift:
         """(host, port) of the Swift proxy server."""
         host, port = self.storage_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
         return host, int(port)
+
+    def settings(self, container: str, proxy_url: str | None = None) -> dict[str, str]:
+        """The instance settings that store in `container` of this Swift, through the proxy at `proxy_url` if given."""
+        return swift_settings(
+            auth_url=through(self.auth_url, proxy_url) if proxy_url else self.auth_url,
+            storage_url=through(self.storage_url, proxy_url) if proxy_url else self.storage_url,
+            user=self.user,
+            key=self.key,
+            container=container,
+            temp_url_key=self.temp_url_key,
+        )
 
     def token(self) -> str:
         """A tempauth token (tempauth hands out the same one until it expires or is revoked)."""

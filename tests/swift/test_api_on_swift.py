@@ -25,12 +25,12 @@ import pytest
 import requests
 
 from tests.harness.databases import pg_database
-from tests.harness.env import production_env, swift_settings
+from tests.harness.env import production_env
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.server import ServeProcess, free_port
 from tests.harness.users import Users
 from tests.images import jpeg, png
-from tests.swift.api_server import HTTP_TIMEOUT_S, Answer, WorkerClient, pin_workers, serves, through
+from tests.swift.api_server import HTTP_TIMEOUT_S, Answer, WorkerClient, pin_workers, serves
 from tests.swift.api_server import upload as upload_photo
 from tests.swift.conftest import Swift
 
@@ -94,14 +94,7 @@ def api(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory) 
     """A database, a fault proxy in front of Swift and `photo-api serve` on both, for this module."""
     work = tmp_path_factory.mktemp("api-on-swift")
     with pg_database("photo_api_swift_e2e") as url, FaultProxy(swift.address) as proxy:
-        storage = swift_settings(
-            auth_url=through(swift.auth_url, proxy.url),
-            storage_url=through(swift.storage_url, proxy.url),
-            user=swift.user,
-            key=swift.key,
-            container=container,
-            temp_url_key=swift.temp_url_key,
-        )
+        storage = swift.settings(container, proxy.url)
         env = production_env(
             url,
             None,

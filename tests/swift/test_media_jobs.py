@@ -30,14 +30,14 @@ from sqlalchemy import create_engine, text
 
 from photo_api.db import driver_url
 from tests.harness.databases import pg_database
-from tests.harness.env import production_env, swift_settings
+from tests.harness.env import production_env
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.redis_db import JOBS_DB, fresh_redis, redis_address, redis_url
 from tests.harness.server import JobWorker, ServeProcess, clean_environment, console_script, free_port
 from tests.harness.users import Users
 from tests.images import photo_heic, photo_jpeg, png_bomb
 from tests.metrics.conftest import scrape
-from tests.swift.api_server import HTTP_TIMEOUT_S, through
+from tests.swift.api_server import HTTP_TIMEOUT_S
 from tests.swift.conftest import Swift
 
 pytestmark = pytest.mark.slow
@@ -124,14 +124,7 @@ def stack(swift: Swift, container: str, tmp_path_factory: pytest.TempPathFactory
     ):
 
         def storage(proxy: FaultProxy | None) -> dict[str, str]:
-            return swift_settings(
-                auth_url=through(swift.auth_url, proxy.url) if proxy else swift.auth_url,
-                storage_url=through(swift.storage_url, proxy.url) if proxy else swift.storage_url,
-                user=swift.user,
-                key=swift.key,
-                container=container,
-                temp_url_key=swift.temp_url_key,
-            )
+            return swift.settings(container, proxy.url if proxy else None)
 
         proxy_host, proxy_port = redis_proxy.url.split("://", 1)[1].split(":")
         api_env = production_env(

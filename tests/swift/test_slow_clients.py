@@ -23,12 +23,12 @@ import pytest
 import requests
 
 from tests.harness.databases import pg_database
-from tests.harness.env import production_env, swift_settings
+from tests.harness.env import production_env
 from tests.harness.faultproxy import Fault, FaultProxy
 from tests.harness.server import ServeProcess, free_port
 from tests.harness.users import Users
 from tests.images import png
-from tests.swift.api_server import HTTP_TIMEOUT_S, through
+from tests.swift.api_server import HTTP_TIMEOUT_S
 from tests.swift.api_server import upload as upload_photo
 from tests.swift.conftest import Swift
 
@@ -90,14 +90,7 @@ def database() -> Iterator[str]:
 def api(swift: Swift, container: str, database: str, tmp_path: Path) -> Iterator[Api]:
     """A one-worker instance of its own (a fresh breaker) on Swift behind a fault proxy."""
     with FaultProxy(swift.address) as proxy:
-        storage = swift_settings(
-            auth_url=through(swift.auth_url, proxy.url),
-            storage_url=through(swift.storage_url, proxy.url),
-            user=swift.user,
-            key=swift.key,
-            container=container,
-            temp_url_key=swift.temp_url_key,
-        )
+        storage = swift.settings(container, proxy.url)
         env = production_env(
             database,
             None,
