@@ -16,6 +16,8 @@ import math
 import os
 from typing import Any
 
+from gunicorn.glogging import Logger
+
 from photo_api import greenlets, lifecycle, metrics
 from photo_api.config import load_settings
 from photo_api.jobs.queue import queue_depth_reader
@@ -44,6 +46,20 @@ preload_app = False  # the app must be imported after gevent has patched the wor
 control_socket_disable = True
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None  # the app writes its own JSON access line per request
+
+
+class ErrorOnlyLogger(Logger):
+    """gunicorn's logger without its access line, which the app writes itself (JSON, with the request id).
+
+    gunicorn builds the access line's fields for every request whenever a `logconfig_dict` is given, even
+    though `gunicorn.access` below is set to drop them: 8 % of a worker's CPU on `/health/liveness`.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        """Nothing: see the class."""
+
+
+logger_class = ErrorOnlyLogger
 proc_name = _settings.app_name
 logconfig_dict: dict[str, Any] = {
     "version": 1,
