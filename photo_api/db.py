@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
 from .config import Settings
-from .greenlets import deadline
+from .greenlets import deadline, has_input
 from .resilience import CONNECT_RETRY_INTERVAL_S, ConnectGate, capacity_refusal
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,13 @@ SQLITE_BUSY_TIMEOUT_S = 5
 # The pool's pre-ping gets this share of HEALTH_CHECK_TIMEOUT: within one health probe a silent pooled
 # connection is then found out *and* one reconnect is tried, so the probe's result says "unreachable".
 PING_SHARE_OF_HEALTH_TIMEOUT = 0.5
+# A connection handed back to the pool less than this long ago, with nothing waiting on its socket, is handed
+# out again without the pre-ping's round trip (HikariCP's `aliveBypassWindowMs`, whose default this is).
+PRE_PING_SKIP_WITHIN_S = 0.5
+# Sent bytes that the database host has not acknowledged after this long close the connection (TCP_USER_TIMEOUT):
+# a statement sent into a silent network fails instead of waiting for TCP to give up (about 15 minutes).
+# A slow query is not affected (the host's kernel acknowledges the statement at once).
+TCP_USER_TIMEOUT_MS = 5_000
 
 
 class CapacityAwarePool(QueuePool):
@@ -208,6 +216,7 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
             "keepalives_idle": 30,
             "keepalives_interval": 10,
             "keepalives_count": 3,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
             **startup,
         },
     )
@@ -226,7 +235,7 @@ def make_engine(settings: Settings, gate: ConnectGate | None = None) -> Engine:
 
         return connect() if gate is None else gate.attempt(connect, dbapi.OperationalError)
 
-    _bound_pre_ping(engine, settings.health_check_timeout * PING_SHARE_OF_HEALTH_TIMEOUT)
+    _bound_pre_ping(engine, settings.health_check_timeout * PING_SHARE_OF_HEALTH_TIMEOUT, PRE_PING_SKIP_WITHIN_S)
     return engine
 
 
@@ -244,20 +253,38 @@ def _set_timeouts_per_transaction(engine: Engine, timeouts: dict[str, int]) -> N
         conn.exec_driver_sql(statement)
 
 
-def _bound_pre_ping(engine: Engine, timeout: float) -> None:
-    """Give the pool's pre-ping a deadline, so a pooled connection to a silent host fails in `timeout`.
+def _bound_pre_ping(engine: Engine, timeout: float, skip_within: float) -> None:
+    """Give the pool's pre-ping a deadline, and skip it for a connection that is known to be alive.
 
     The ping is a `SELECT 1` on a connection the pool hands out: a database that answers takes
     milliseconds, and one that does not answer within (half) the health check timeout is down for the
     load balancer too. On timeout the connection is closed, so SQLAlchemy sees a disconnect,
     invalidates every pooled connection and reconnects (through the ConnectGate) instead of hanging
     until TCP keepalive gives up (about a minute).
+
+    Under load every connection comes back to the pool milliseconds before it is handed out again, and
+    a ping each time is a round trip per request, on both sides (a fifth of a worker's CPU on
+    `/auth/me`, ops/bench/RESULTS.md). So a connection returned less than `skip_within` seconds ago is
+    not pinged when its socket has nothing to read: a server that closed it (restart,
+    `pg_terminate_backend`, failover, PgBouncer restarting) has sent its goodbye or end of file, which
+    `greenlets.has_input` sees without a round trip, and the ping then runs and finds it dead. What is not
+    seen is a host that vanished silently within that half second: its first statement then fails after
+    TCP_USER_TIMEOUT_MS, as it would have in the middle of the request.
     """
     dialect: Any = engine.dialect
     ping = dialect.do_ping
     dbapi = dialect.loaded_dbapi
+    returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:  # None: invalidated on its way back
+            returned_at[dbapi_connection] = time.monotonic()
 
     def do_ping_with_deadline(dbapi_connection: Any) -> bool:
+        last = returned_at.get(dbapi_connection)
+        if last is not None and time.monotonic() - last < skip_within and not _has_input(dbapi_connection):
+            return True
         try:
             with deadline(timeout, dbapi.OperationalError(f"ping timeout ({timeout:g}s)")):
                 return bool(ping(dbapi_connection))
@@ -266,6 +293,14 @@ def _bound_pre_ping(engine: Engine, timeout: float) -> None:
             raise
 
     dialect.do_ping = do_ping_with_deadline
+
+
+def _has_input(dbapi_connection: Any) -> bool:
+    """Whether an idle connection's socket has something to read: a server's notice, error or end of file."""
+    try:
+        return has_input(dbapi_connection.fileno())
+    except Exception:  # closed (the driver's InterfaceError), no socket: let the ping decide
+        return True
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

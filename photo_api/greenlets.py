@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -215,6 +217,25 @@ class NativePool:
                 os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice)
             self._niced.add(tid)
         return fn(*args, **kwargs)
+
+
+@functools.cache
+def _os_poll() -> Callable[[], Any]:
+    from gevent import monkey
+
+    poll: Callable[[], Any] = monkey.get_original("select", "poll")
+    return poll
+
+
+def has_input(fd: int) -> bool:
+    """True when file descriptor `fd` has something to read right now (bytes, an end of file, an error).
+
+    Never waits and never yields to another greenlet: the operating system's own `poll` with a zero
+    timeout (gevent's patched one would hand over to the event loop), one system call.
+    """
+    poller = _os_poll()()
+    poller.register(fd, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def cpu_count() -> int:
