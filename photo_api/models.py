@@ -114,6 +114,15 @@ class Photo(Base):
         # The list query: the caller's ready photos, newest first (or by the time they were taken).
         Index("ix_photos_owner_status_created", "owner_id", "status", "created_at", "id"),
         Index("ix_photos_owner_status_taken", "owner_id", "status", "taken_at", "id"),
+        # Newest taken first, photos without a date last: PostgreSQL scans the ascending index backward only
+        # for NULLS FIRST (migration 0005; on SQLite, where NULL sorts first, plain DESC is that order).
+        Index(
+            "ix_photos_owner_status_taken_desc",
+            "owner_id",
+            "status",
+            text("taken_at DESC NULLS LAST"),
+            text("id DESC"),
+        ),
         Index("ix_photos_status_upload_expires", "status", "upload_expires_at"),
         # The reaper's query: photos whose job was never enqueued, or long ago.
         Index("ix_photos_processing_enqueued", "processing_status", "processing_enqueued_at"),

@@ -368,11 +368,15 @@ def list_photos(
         query = query.where(Photo.taken_at >= taken_after)
     if taken_before is not None:
         query = query.where(Photo.taken_at < taken_before)
-    column = Photo.taken_at if sort == "taken_at" else Photo.created_at
+    # Each order is one index's (models.Photo): its first 50 rows are read, the owner's others never are.
+    # created_at is never NULL; a NULLS LAST on it would not match the index, and PostgreSQL would read
+    # and sort every photo of the owner for each page.
     if order == "asc":
-        query = query.order_by(column.asc().nulls_last(), Photo.id.asc())
+        by = Photo.taken_at.asc().nulls_last() if sort == "taken_at" else Photo.created_at.asc()
+        query = query.order_by(by, Photo.id.asc())
     else:
-        query = query.order_by(column.desc().nulls_last(), Photo.id.desc())
+        by = Photo.taken_at.desc().nulls_last() if sort == "taken_at" else Photo.created_at.desc()
+        query = query.order_by(by, Photo.id.desc())
     return session.scalars(query.offset(skip).limit(limit)).all()
 
 
