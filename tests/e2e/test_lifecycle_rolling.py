@@ -1,6 +1,6 @@
 """A rolling restart of a 2-instance fleet under steady load, behind a real HAProxy and the shipped nginx.
 
-Three `photo-api serve` instances share one PostgreSQL database and one storage directory (standing in
+Two `photo-api serve` instances share one PostgreSQL database and one storage directory (standing in
 for object storage). HAProxy (config derived from ops/haproxy/photo-api.cfg) probes /health like a
 cloud load balancer; nginx (derived from ops/nginx/photo-api.conf) has no active checks and relies on
 retrying idempotent requests. A bounded load generator sends GETs through both and uploads through
@@ -131,7 +131,7 @@ def test_shipped_load_balancer_configs_are_valid(tmp_path: Path) -> None:
 def test_rolling_restart_loses_no_request(production_env: dict[str, str], tmp_path: Path) -> None:
     env = {**production_env, **LIFECYCLE}
     ports = [free_port() for _ in range(INSTANCES)]
-    metrics_ports = [free_port() for _ in range(INSTANCES)]  # one host, three instances
+    metrics_ports = [free_port() for _ in range(INSTANCES)]  # one host, several instances
     servers = Servers(tmp_path)
     haproxy = nginx = None
     loads: list[Load] = []
