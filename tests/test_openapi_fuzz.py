@@ -60,6 +60,7 @@ from schemathesis.schemas import BaseSchema
 from photo_api.images import ALLOWED_IMAGE_TYPES
 from tests.harness.users import Users
 from tests.images import png, upload
+from tests.test_media_pipeline import settle
 
 FUZZ_SEED = 20240611
 # Fuzzing cases per operation: ~1,300 requests and 9-17 s per backend in all; raise it locally to dig deeper.
@@ -131,6 +132,7 @@ def seeded(client: FlaskClient, users: Users) -> Seeded:
     r = upload(client, headers, png(), "seed.png")
     assert r.status_code == 201, r.get_json()
     photo_id = r.get_json()["id"]
+    settle(client.application)  # a shared image is served from the copy the background job makes
     r = client.post("/albums", headers=headers, json={"name": "seed"})
     assert r.status_code == 201, r.get_json()
     album_id = r.get_json()["id"]
