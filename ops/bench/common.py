@@ -66,9 +66,14 @@ def server_env(database_url: str, work: Path, **overrides: str) -> dict[str, str
 
 
 @contextlib.contextmanager
-def running_server(env: Mapping[str, str], work: Path, name: str, workers: int = 2) -> Iterator[ServeProcess]:
-    """A started `photo-api serve` with `workers` gevent workers; stopped with SIGTERM, and killed if need be."""
-    server = ServeProcess(env, cwd=work, log_dir=work / name, workers=workers)
+def running_server(
+    env: Mapping[str, str], work: Path, name: str, workers: int = 2, script: str | None = None
+) -> Iterator[ServeProcess]:
+    """A started `photo-api serve` with `workers` gevent workers; stopped with SIGTERM, and killed if need be.
+
+    `script`: another checkout's `photo-api` console script (default: this virtualenv's).
+    """
+    server = ServeProcess(env, cwd=work, log_dir=work / name, workers=workers, script=script)
     server.start()
     try:
         yield server

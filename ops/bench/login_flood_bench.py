@@ -12,8 +12,10 @@ keep-alive connection each) while a load balancer's probe, in a process of its o
 GIL does not delay it, sends GET /health on a new connection every 100 ms.
 
 Printed per run: logins/s, 200/503/other answers, login p50/p99, /health p50/p99/max, probes slower than
-HEALTH_CHECK_TIMEOUT and probes that did not answer 200; and, as the reference for login throughput, the
-rate at which one core of this machine hashes with the same cost (issue target: no lower than that).
+HEALTH_CHECK_TIMEOUT and probes that did not answer 200; where the CPU went (the server's processes, of
+which hashing is estimated from the logins and the hash rate; the client threads; everything else); and,
+as the reference for login throughput, the rate at which one core of this machine hashes with the same
+cost (issue target: no lower than that).
 `--serve-script` runs the server from another checkout's virtualenv (e.g. the code before a change);
 `--env NAME=VALUE` adds a server setting (e.g. PASSWORD_HASH_NICE=0); `--honour-retry-after` makes the
 clients wait a 503's Retry-After instead of retrying at once.
@@ -23,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -33,7 +37,7 @@ from tempfile import TemporaryDirectory
 import requests
 from argon2 import PasswordHasher
 
-from ops.bench.common import machine, server_env, temporary_database
+from ops.bench.common import cpu_seconds, machine, server_env, temporary_database
 from tests.harness.server import ServeProcess
 from tests.harness.users import DEFAULT_PASSWORD, Users
 
@@ -80,6 +84,7 @@ class Run:
     health_ms: list[float]
     health_statuses: Counter[int]
     health_timeout_s: float
+    cpu: CpuUse
 
     def line(self) -> str:
         ok = self.statuses[200]
@@ -93,6 +98,44 @@ class Run:
             f" | /health p50 {percentile(self.health_ms, 50):5.1f} ms p99 {percentile(self.health_ms, 99):6.1f} ms"
             f" max {max(self.health_ms, default=0):6.1f} ms, {len(self.health_ms)} probes,"
             f" {over} over {self.health_timeout_s:g} s, {not_ok} not 200"
+            f"\n      CPU-seconds of the run: {self.cpu.line(ok, self.seconds)}"
+        )
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds all CPUs have spent on anything but idling and waiting for I/O, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """Where the machine's CPU went during a run: the server's processes, the clients, everything."""
+
+    server: float
+    clients: float
+    machine: float
+    hash_rate: float  # hashes per CPU-second on this machine
+
+    @classmethod
+    def measure(cls, server: ServeProcess, hash_rate: float) -> Callable[[], CpuUse]:
+        pids = [server.pid, *server.worker_pids()]
+        before = (sum(cpu_seconds(pid) for pid in pids), time.process_time(), machine_busy_seconds())
+
+        def done() -> CpuUse:
+            server_s = sum(cpu_seconds(pid) for pid in pids) - before[0]
+            return cls(server_s, time.process_time() - before[1], machine_busy_seconds() - before[2], hash_rate)
+
+        return done
+
+    def line(self, logins: int, seconds: float) -> str:
+        hashing = logins / self.hash_rate if self.hash_rate else 0.0
+        others = self.machine - self.server - self.clients
+        return (
+            f"machine {self.machine:5.1f} of {seconds * (os.cpu_count() or 1):.0f} (all CPUs);"
+            f" server {self.server:5.1f} (hashing ~{hashing:4.1f}, the rest {self.server - hashing:5.1f});"
+            f" clients {self.clients:5.1f}; others (PostgreSQL, probe, ...) {others:5.1f}"
         )
 
 
@@ -104,6 +147,7 @@ def flood(
     timeout_s: float,
     *,
     honour_retry_after: bool = False,
+    hash_rate: float = 0.0,
 ) -> Run:
     """`clients` threads logging in for `seconds` while a probe process probes /health.
 
@@ -145,6 +189,7 @@ def flood(
     with lock:
         statuses.clear()
         login_ms.clear()
+    cpu = CpuUse.measure(server, hash_rate)
     prober.start()
     health_ms: list[float] = []
     health_statuses: Counter[int] = Counter()
@@ -154,11 +199,12 @@ def flood(
     elapsed = time.monotonic() - started
     with lock:
         counted, latencies = Counter(statuses), list(login_ms)
+    used = cpu()
     stop.set()
     prober.join()
     for thread in threads:
         thread.join(LOGIN_TIMEOUT_S)
-    return Run(clients, elapsed, counted, latencies, health_ms, health_statuses, timeout_s)
+    return Run(clients, elapsed, counted, latencies, health_ms, health_statuses, timeout_s, used)
 
 
 def one_core_hash_rate(seconds: float = 5.0) -> float:
@@ -188,7 +234,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(machine())
-    print(f"one core hashes {one_core_hash_rate():.1f}/s (per CPU-second) at t=3, m=64 MiB, p=4: the throughput floor")
+    hash_rate = one_core_hash_rate()
+    print(f"one core hashes {hash_rate:.1f}/s (per CPU-second) at t=3, m=64 MiB, p=4: the throughput floor")
     extra = dict(item.split("=", 1) for item in args.env)
     with temporary_database("photo_api_login_flood") as url, TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -200,7 +247,9 @@ def main() -> None:
             accounts = [users.register() for _ in range(USERS)]
             for clients in args.clients:
                 polite = args.honour_retry_after
-                run = flood(server, accounts, clients, args.seconds, timeout_s, honour_retry_after=polite)
+                run = flood(
+                    server, accounts, clients, args.seconds, timeout_s, honour_retry_after=polite, hash_rate=hash_rate
+                )
                 print(run.line(), flush=True)
 
 

@@ -1,6 +1,7 @@
 """The latency tail under keep-alive load: req/s, p50, p99 and the slowest request per route, with wrk.
 
     .venv/bin/python -m ops.bench.tail_bench            # ~5 minutes: 4 routes, 3 runs of 20 s
+    .venv/bin/python -m ops.bench.tail_bench --serve-script OTHER/.venv/bin/photo-api   # another checkout
 
 From the repository root, with wrk installed (Debian package `wrk`). It creates its own PostgreSQL
 database (BENCH_POSTGRES_URL or TEST_POSTGRES_URL, default the local server with trust auth), starts a
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument("--serve-script", help="the photo-api console script to serve with (default: this one)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print(
@@ -71,7 +73,7 @@ def main() -> None:
     results: dict[str, list[tuple[WrkRun, int]]] = {route: [] for route in ROUTES}
     with temporary_database() as database_url, TemporaryDirectory(prefix="photo-bench-") as tmp:
         work = Path(tmp)
-        with running_server(server_env(database_url, work), work, "tail") as server:
+        with running_server(server_env(database_url, work), work, "tail", script=args.serve_script) as server:
             headers = Users.at(server.url(), timeout=TIMEOUT_S).create()["headers"]
             seed(server.url(""), headers)
             for route in ROUTES:
