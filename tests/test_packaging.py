@@ -68,10 +68,22 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fresh_install(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new virtualenv with the wheel installed (dependencies from the index): its bin/ folder."""
+    """A new virtualenv with the wheel installed (dependencies from the index): its bin/ folder.
+
+    Installed with uv rather than pip (docs/deploy.md's command): the same wheel, the same dependency
+    metadata resolved against the same index, in 5 s instead of pip's 25 s, which the suite's time
+    budget needs. What is checked is the wheel's content and declared dependencies, not the installer.
+    """
+    from uv import find_uv_bin
+
     venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=CLI_TIMEOUT_S)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], check=True, timeout=INSTALL_TIMEOUT_S)
+    uv = find_uv_bin()
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=CLI_TIMEOUT_S)
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), str(wheel)],
+        check=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
     return venv / "bin"
 
 
