@@ -120,7 +120,7 @@ class CpuUse:
 
     @classmethod
     def measure(cls, server: ServeProcess, hash_rate: float) -> Callable[[], CpuUse]:
-        pids = [server.pid, *server.worker_pids()]
+        pids = [server.master_pid, *server.worker_pids()]
         before = (sum(cpu_seconds(pid) for pid in pids), time.process_time(), machine_busy_seconds())
 
         def done() -> CpuUse:
