@@ -9,6 +9,8 @@ HERE = Path(__file__).parent
 # Test and lint tools, pinned like the runtime so that CI is reproducible.
 TEST_REQUIREMENTS = [
     "pytest==9.2.0",
+    # The suite's two halves at once (tox.ini: `-n 2`): the end-to-end tests in one process, the rest beside.
+    "pytest-xdist==3.8.0",
     "ruff==0.17.6",
     "mypy==2.4.1",
     "schemathesis==4.32.5",

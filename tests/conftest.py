@@ -27,6 +27,18 @@ from tests.harness.env import TEST_SECRET
 from tests.harness.users import Users
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every end-to-end (`slow`) test in one pytest-xdist group: one process runs them, one at a time.
+
+    They start servers of their own that other end-to-end tests would meet (Swift's session instance, the
+    Redis databases' workers, processes found by port), and timing bounds that hold for one of them at a
+    time; the other tests (Flask's test client on a database of their process's own) run beside them.
+    """
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("end-to-end"))
+
+
 @pytest.fixture(scope="session")
 def postgresql_database_url() -> Iterator[str]:
     """A PostgreSQL database for this test session, migrated with `photo-api db upgrade`'s code path."""

@@ -5,6 +5,7 @@
     url = redis_url(THROTTLE_DB, proxy_host, proxy_port)   # the same database through a fault proxy
 
 Only the database asked for is ever flushed: other suites (and other people's runs) use the others.
+Under pytest-xdist each worker process has databases of its own (gw0: 11 and 12, gw1: 13 and 14, ...).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from tests.harness.ci import unavailable
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6379
-JOBS_DB = 11
-THROTTLE_DB = 12
+# pytest-xdist names its worker processes gw0, gw1, ...: each gets its own pair of database numbers.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+JOBS_DB = 11 + 2 * _WORKER
+THROTTLE_DB = 12 + 2 * _WORKER
 CONNECT_TIMEOUT_S = 2.0
 
 
