@@ -249,6 +249,8 @@ class AlbumPhoto(Base):
     __table_args__ = (
         UniqueConstraint("album_id", "photo_id"),
         Index("ix_album_photos_photo_id", "photo_id"),
+        # A page of an album, in the order its photos were added (migration 0005).
+        Index("ix_album_photos_album_added", "album_id", "added_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
