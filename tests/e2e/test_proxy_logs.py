@@ -11,6 +11,7 @@ change that JSON, and HAProxy must not forward one.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import re
 import socket
@@ -156,29 +157,12 @@ def _raw_request(url: str, head: str) -> tuple[int, dict[str, str], bytes]:
     `lingering_timeout` (5 s) in case the client is still sending.
     """
     parts = urlsplit(url)
-    raw = b""
     with socket.create_connection((parts.hostname, parts.port), timeout=HTTP_TIMEOUT_S) as sock:
         sock.sendall(head.encode("latin-1"))
-        # nginx may reset the connection after its answer, since the announced body never came.
-        with contextlib.suppress(ConnectionResetError):
-            while (chunk := sock.recv(65536)) and not _complete(raw := raw + chunk):
-                pass
-    header_block, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = header_block.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, body
-
-
-def _complete(raw: bytes) -> bool:
-    """Whether `raw` holds a whole answer: its headers, and as many body bytes as its Content-Length says."""
-    header_block, separator, body = raw.partition(b"\r\n\r\n")
-    if not separator:
-        return False
-    for line in header_block.decode("latin-1").split("\r\n")[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            return len(body) >= int(value)
-    return False  # no length: the answer ends when the server closes
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        body = answer.read()
+    return answer.status, {name.lower(): value for name, value in answer.getheaders()}, body
 
 
 def _oversize_post(url: str, request_id: str | None) -> tuple[int, dict[str, str], bytes]:
