@@ -156,6 +156,19 @@ class FaultProxy:
         with self._lock:
             return self._accepted
 
+    def wait_for_connections(self, more_than: int, timeout: float = 5.0) -> int:
+        """Wait until more than `more_than` connections were accepted; the count (AssertionError after `timeout`).
+
+        A client's connect completes in the kernel's accept queue before this proxy's thread accepts it:
+        a fault set meanwhile would meet a connection opened before it.
+        """
+        deadline = time.monotonic() + timeout
+        while (accepted := self.connections) <= more_than:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fault proxy: {accepted} connections accepted after {timeout} s")
+            time.sleep(0.01)
+        return accepted
+
     @property
     def refused(self) -> int:
         """Connections reset because `max_connections` were already open."""
