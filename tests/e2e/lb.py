@@ -165,10 +165,17 @@ class Haproxy(_Child):
             if row.get("pxname") == "photo_api" and row.get("svname") in self.names
         }
 
+    def _state_if_serving(self, name: str) -> str | None:
+        """`name`'s status, None while HAProxy has not opened its stats socket yet (it may follow the port)."""
+        try:
+            return self.server_states().get(name)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+
     def wait_state(self, name: str, wanted: str, timeout: float) -> float:
         """Wait until instance `name` has status `wanted`; return how long it took."""
         started = time.monotonic()
-        while (state := self.server_states().get(name)) != wanted:
+        while (state := self._state_if_serving(name)) != wanted:
             if time.monotonic() - started > timeout:
                 raise AssertionError(f"HAProxy: {name} is {state!r}, not {wanted!r} after {timeout}s")
             time.sleep(0.05)
