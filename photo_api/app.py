@@ -160,6 +160,7 @@ def build_hashing_pool(settings: Settings) -> NativePool:
         queue_timeout=settings.password_hash_queue_timeout,
         name="Password hashing",
         nice=settings.password_hash_nice,
+        refusal_delay=settings.password_hash_refusal_delay,
         events=metrics.PasswordHashMetrics(),
     )
 

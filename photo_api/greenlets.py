@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, NoReturn, ParamSpec, Protocol, TypeVar
 
 from .errors import ServiceUnavailableError
 
@@ -130,9 +130,12 @@ class NativePool:
     For CPU work that releases the GIL (argon2): under gevent the calling greenlet waits cooperatively
     while a real thread computes, so the event loop keeps serving. The threads are not gevent's hub
     threadpool, which also resolves host names for every outbound connection: a flood of such work must
-    not delay DNS. A call waits at most `queue_timeout` for a thread, and is refused at once when
+    not delay DNS. A call waits at most `queue_timeout` for a thread, and is refused without waiting when
     `queue_size` calls already wait (PoolBusyError, a 503 with Retry-After): under a flood the excess is
-    answered in milliseconds instead of piling up until every client has timed out.
+    answered in well under a second instead of piling up until every client has timed out. That refusal
+    comes after `refusal_delay` seconds (the caller's greenlet sleeps; the loop serves others): clients
+    that retry a 503 at once, ignoring Retry-After, would otherwise spin through refusals as fast as the
+    instance answers them, and those answers took the CPU the pool's threads needed (ops/bench/RESULTS.md).
 
     Outside gevent (tests, `flask run`) the calling thread does the work itself, within the same bounds.
     The threads are started at the first call, in the process that makes it (after gunicorn's fork).
@@ -146,17 +149,19 @@ class NativePool:
         queue_timeout: float,
         name: str = "pool",
         nice: int = 0,
+        refusal_delay: float = 0.0,
         events: PoolEvents | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError("a pool needs at least one thread")
-        if queue_size < 0 or queue_timeout < 0:
-            raise ValueError("queue_size and queue_timeout must not be negative")
+        if queue_size < 0 or queue_timeout < 0 or refusal_delay < 0:
+            raise ValueError("queue_size, queue_timeout and refusal_delay must not be negative")
         self.name = name
         self.threads = threads
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
         self.nice = nice
+        self.refusal_delay = refusal_delay
         self.waiting = 0
         self.in_flight = 0
         self._events: PoolEvents = events or _NoEvents()
@@ -172,16 +177,20 @@ class NativePool:
         flood of clients that retry at once, the refused requests' own work took the CPU the pool needed.
         """
         if self.in_flight >= self.threads and self.waiting >= self.queue_size:
-            self._events.rejected("queue_full")
-            raise PoolBusyError(self.name, "queue_full")
+            self._refuse_full()
+
+    def _refuse_full(self) -> NoReturn:
+        self._events.rejected("queue_full")
+        if self.refusal_delay:
+            time.sleep(self.refusal_delay)  # gevent's sleep in a worker: only this request waits
+        raise PoolBusyError(self.name, "queue_full")
 
     def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn` on one of the pool's threads and return its result (its exception is raised here)."""
         started = time.monotonic()
         if not self._slots.acquire(blocking=False):
             if self.waiting >= self.queue_size:
-                self._events.rejected("queue_full")
-                raise PoolBusyError(self.name, "queue_full")
+                self._refuse_full()
             self.waiting += 1
             try:
                 got = self._slots.acquire(timeout=self.queue_timeout)

@@ -246,6 +246,30 @@ def test_a_full_hashing_pool_refuses_at_once() -> None:
     assert pool.run(lambda: "free again") == "free again"
 
 
+def test_a_refusal_for_a_full_queue_comes_after_the_refusal_delay() -> None:
+    release = threading.Event()
+    delay = 0.3
+    pool = NativePool(1, queue_size=0, queue_timeout=5, refusal_delay=delay)
+    holder = threading.Thread(target=pool.run, args=(release.wait,))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 5
+        while pool.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for refused_call in (pool.refuse_if_full, lambda: pool.run(lambda: "never")):
+            started = time.monotonic()
+            with pytest.raises(PoolBusyError):
+                refused_call()
+            assert time.monotonic() - started >= delay
+    finally:
+        release.set()
+        holder.join()
+    started = time.monotonic()
+    pool.refuse_if_full()  # a free thread: no refusal, no delay
+    assert pool.run(lambda: "free") == "free"
+    assert time.monotonic() - started < delay
+
+
 def test_a_login_hands_its_database_connection_back_before_hashing(make_app: Callable[..., Flask]) -> None:
     # One pooled connection, a 0.05 s wait for it, and hashes at the production cost (~0.1 s or more): two
     # concurrent logins both succeed only if neither holds the connection while it hashes. When logins

@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     # the cores are busy hashing, the kernel runs the loops (health probes, every other request) first.
     # On a VM shared with other busy processes, niced hashing also yields to them: 0 then.
     password_hash_nice: int = Field(default=10, ge=0, le=19)
+    # A login refused for a full queue is answered after this many seconds: a client retrying at once,
+    # ignoring Retry-After, then costs a few refusals a second instead of as many as the CPU can answer.
+    password_hash_refusal_delay: float = Field(default=0.25, ge=0, le=5)
 
     # login and registration throttling (flask-limiter "N per period" strings, ";" between several)
     rate_limit_enabled: bool = True

@@ -2,7 +2,8 @@
 
 Two instances on one Redis (database THROTTLE_DB of the local server) share one limit, as instances behind
 a load balancer must; a Redis that stops answering (a fault proxy blackholing it) costs a login at most
-the limiter's socket timeout, never the login itself; a hashing pool that is full answers 503 at once.
+the limiter's socket timeout, never the login itself; a hashing pool that is full answers 503 without
+hashing, after PASSWORD_HASH_REFUSAL_DELAY, during which the worker serves other requests.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def test_a_full_hashing_pool_answers_503_fast(production_env: dict[str, str], se
         "METRICS_PORT": str(free_port()),
         "PASSWORD_HASH_WORKERS": "1",
         "PASSWORD_HASH_QUEUE_SIZE": "0",
+        "PASSWORD_HASH_REFUSAL_DELAY": "0",
         "PASSWORD_HASH_TIME_COST": "4",
         "PASSWORD_HASH_MEMORY_KIB": "65536",
     }
@@ -115,3 +117,34 @@ def test_a_full_hashing_pool_answers_503_fast(production_env: dict[str, str], se
         assert int(refused.headers["Retry-After"]) >= 1
         # Refused without hashing: faster than any hash that ran.
         assert refused.elapsed.total_seconds() < slowest_ok
+
+
+def test_a_refused_login_waits_the_refusal_delay_while_the_worker_serves_others(
+    production_env: dict[str, str], serve: StartServer
+) -> None:
+    # One worker, one hashing thread, no queue: of 6 concurrent logins, those refused are answered after the
+    # delay, and meanwhile that same worker's event loop answers a probe at once (the wait is a greenlet's).
+    delay = 1.5
+    env = {
+        **production_env,
+        "METRICS_PORT": str(free_port()),
+        "PASSWORD_HASH_WORKERS": "1",
+        "PASSWORD_HASH_QUEUE_SIZE": "0",
+        "PASSWORD_HASH_REFUSAL_DELAY": str(delay),
+    }
+    server = serve(env, workers=1)
+    base = server.url().rstrip("/")
+    user = Users.at(base).register()
+    with ThreadPoolExecutor(6) as pool:
+        logins = [pool.submit(login, base, user["email"], user["password"]) for _ in range(6)]
+        time.sleep(delay / 3)  # the refused ones are waiting now
+        probe = requests.get(f"{base}/health/liveness", timeout=HTTP_TIMEOUT_S)
+        answers = [f.result() for f in logins]
+    assert probe.status_code == 200
+    assert probe.elapsed.total_seconds() < delay / 3, probe.elapsed
+    refused = [r for r in answers if r.status_code == 503]
+    assert refused, [r.status_code for r in answers]
+    assert {r.status_code for r in answers} <= {200, 503}
+    for r in refused:
+        assert r.headers["Content-Type"] == "application/problem+json"
+        assert r.elapsed.total_seconds() >= delay, r.elapsed
