@@ -47,7 +47,7 @@ def test_a_page_of_photos_is_read_in_index_order(
 ) -> None:
     plan = _plan_of_last_statement(
         pg_database_url,
-        lambda session: photos.list_photos(session, owner_id=1, skip=0, limit=50, sort=sort, order=order),
+        lambda session: photos.list_photos(session, ("id",), owner_id=1, skip=0, limit=50, sort=sort, order=order),
     )
     assert not [line for line in plan if "Sort" in line], plan
     assert [line for line in plan if "Index" in line], plan

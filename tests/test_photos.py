@@ -9,25 +9,27 @@ import re
 import shutil
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from pydantic import BaseModel
 from sqlalchemy import func, insert, select, update
 from werkzeug.test import EnvironBuilder, TestResponse
 from werkzeug.wrappers import Request
 
 from photo_api import create_app
 from photo_api.api.context import collaborators_of
+from photo_api.api.schemas import UtcDatetime
 from photo_api.config import Settings
 from photo_api.models import Album, AlbumPhoto, PendingObjectDeletion, Photo, PhotoStatus, utcnow
 from photo_api.storage import CHUNK_SIZE
 from tests.harness.users import Users
 from tests.http_checks import assert_problem, engine_of, error_fields
-from tests.images import SAMPLES, gif, jpeg, large_jpeg_chunks, large_jpeg_size, png, upload, webp
+from tests.images import SAMPLES, gif, jpeg, large_jpeg_chunks, large_jpeg_size, photo_jpeg, png, upload, webp
 from tests.test_media_pipeline import settle
 
 PHOTO_KEYS = {
@@ -694,6 +696,34 @@ def test_list_is_newest_first_and_paginated(client: FlaskClient, owner: dict[str
     assert [p["id"] for p in page] == newest_first[1:3]
     assert client.get("/photos?skip=5", headers=owner["headers"]).get_json() == []
     assert len(client.get("/photos?limit=100", headers=owner["headers"]).get_json()) == 5
+
+
+def test_a_listed_photo_is_what_its_own_page_shows(client: FlaskClient, owner: dict[str, Any]) -> None:
+    # The list is read as table rows and serialised in one call, the photo's own page from its ORM object:
+    # every field, computed ones included, must agree; a camera's zone comes out in UTC, with a Z.
+    h = owner["headers"]
+    exif = {"taken": "2026:05:01 14:03:22", "offset": "+09:00", "gps": (37.5665, -122.4194), "make": "Canon"}
+    upload(client, h, photo_jpeg(64, 48, **exif), title="Seoul", description="with EXIF")
+    upload(client, h, png())
+    settle(client.application)
+    listed = client.get("/photos", headers=h).get_json()
+    assert len(listed) == 2
+    for item in listed:
+        assert item == client.get(f"/photos/{item['id']}", headers=h).get_json()
+    seoul = next(p for p in listed if p["title"] == "Seoul")
+    assert seoul["taken_at"] == "2026-05-01T05:03:22Z" and seoul["taken_at_offset"] == "+09:00"
+    assert seoul["location"]["latitude"] == pytest.approx(37.5665, abs=1e-4)
+    assert seoul["processing_status"] == "ready" and seoul["thumbnail_url"] == f"/photos/{seoul['id']}/thumbnail"
+
+
+def test_a_time_in_another_zone_is_answered_in_utc() -> None:
+    class Stamp(BaseModel):
+        at: UtcDatetime
+
+    seoul = timezone(timedelta(hours=9))
+    assert Stamp(at=datetime(2026, 5, 1, 14, 3, 22, 5, tzinfo=seoul)).model_dump_json() == (
+        '{"at":"2026-05-01T05:03:22.000005Z"}'
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,13 +17,23 @@ from ..models import MAX_ID
 from ..services import photos
 from ..services.fields import Description, Title
 from . import multipart
-from .common import auth_required, client_body, current_user, db_session, json_body, query_args, respond
+from .common import (
+    ListAnswer,
+    auth_required,
+    client_body,
+    current_user,
+    db_session,
+    json_body,
+    query_args,
+    respond,
+)
 from .context import current_jobs, current_limits, current_storage
 from .delivery import deliver, deliver_image, rendition_of
 from .openapi import doc
 from .schemas import PhotoListQuery, PhotoOut, UploadedPhotoOut
 
 bp = Blueprint("photos", __name__, url_prefix="/photos")
+PHOTO_LIST = ListAnswer(PhotoOut)  # GET /photos: a page of photos straight from table rows
 
 # Room for what surrounds the file in a multipart body: boundaries, part headers and the text fields
 # (a 10,000-character description is up to 40,000 bytes of UTF-8).
@@ -132,6 +142,7 @@ def list_photos() -> Response:
     query = query_args(PhotoListQuery)
     found = photos.list_photos(
         db_session(),
+        PHOTO_LIST.fields,
         owner_id=current_user().id,
         skip=query.skip,
         limit=query.limit,
@@ -140,7 +151,7 @@ def list_photos() -> Response:
         taken_after=query.taken_after,
         taken_before=query.taken_before,
     )
-    return respond([PhotoOut.model_validate(p) for p in found])
+    return PHOTO_LIST.respond(found)
 
 
 @bp.get("/<int:photo_id>")
