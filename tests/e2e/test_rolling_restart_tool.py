@@ -35,6 +35,10 @@ DRAIN_S = 2.5
 LIFECYCLE = lifecycle_env(DRAIN_S, 5, check_interval_s=0.5, unhealthy_threshold=2, check_timeout_s=1.0)
 UP_BOUND_S = 15.0
 TOOL_TIMEOUT_S = 120
+# Longer than HAProxy below takes to route to a restarted instance again (rise 2 x inter 0.5 s = 1 s), with
+# a margin for probes delayed on a busy machine (docs/deploy.md). It was 1 s, no margin, when one CI run
+# got 37 of HAProxy's 503s (no server left) while the second of the two instances restarted.
+SETTLE_S = 2.0
 HTTP_TIMEOUT_S = 10
 # The restart command of an instance: SIGTERM to its master, then wait until it has exited (the drain and
 # graceful stop); its supervisor starts it again. {dir} is the test's folder; {host} is added by the tool.
@@ -116,7 +120,7 @@ def run_tool(
     tmp_path: Path, hosts: list[str], restart: str | None = None, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     command = restart if restart is not None else RESTART.format(dir=tmp_path)
-    args = [str(TOOL), "--restart", command, "--health-url", "http://{host}/health", "--settle", "1"]
+    args = [str(TOOL), "--restart", command, "--health-url", "http://{host}/health", "--settle", str(SETTLE_S)]
     args += ["--interval", "0.2", "--timeout", "30", *extra, *hosts]
     return subprocess.run(args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False)
 
