@@ -10,11 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from ..models import MAX_ID, Album
 from ..services import albums
 from ..services.fields import Description
-from .common import auth_required, current_user, db_session, json_body, query_args, respond
+from .common import ListAnswer, auth_required, current_user, db_session, json_body, query_args, respond
 from .openapi import doc
 from .schemas import AlbumOut, AlbumWithPhotosOut, Pagination, PhotoOut, Request
 
 bp = Blueprint("albums", __name__, url_prefix="/albums")
+# GET /albums: a page of albums straight from table rows (photo_count: services.albums.PHOTO_COUNT)
+ALBUM_LIST = ListAnswer(AlbumOut)
 
 MAX_PHOTO_IDS = 500
 
@@ -94,8 +96,8 @@ def create_album() -> Response:
 @auth_required
 def list_albums() -> Response:
     page = query_args(Pagination)
-    rows = albums.list_albums(db_session(), current_user().id, skip=page.skip, limit=page.limit)
-    return respond([album_out(*row) for row in rows])
+    rows = albums.list_albums(db_session(), current_user().id, ALBUM_LIST.fields, skip=page.skip, limit=page.limit)
+    return ALBUM_LIST.respond(rows)
 
 
 @bp.get("/<int:album_id>")
