@@ -8,6 +8,7 @@ the test process, so tests compare before and after.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
@@ -201,8 +202,23 @@ def test_redis_down_logins_still_succeed_counted_and_logged(
     assert elapsed < 30  # sanity only: the bound on the wait is the e2e test's subject
 
 
-def test_a_full_hashing_pool_refuses_at_once() -> None:
+@contextlib.contextmanager
+def its_thread_taken(pool: NativePool) -> Iterator[None]:
+    """`pool` (of one thread) busy with a call that returns on the way out of the block."""
     release = threading.Event()
+    holder = threading.Thread(target=pool.run, args=(release.wait,))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 5
+        while pool.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_full_hashing_pool_refuses_at_once() -> None:
     rejected: list[str] = []
 
     class Events:
@@ -213,12 +229,7 @@ def test_a_full_hashing_pool_refuses_at_once() -> None:
             rejected.append(reason)
 
     pool = NativePool(1, queue_size=0, queue_timeout=5, name="Password hashing", events=Events())
-    holder = threading.Thread(target=pool.run, args=(release.wait,))
-    holder.start()
-    try:
-        deadline = time.monotonic() + 5
-        while pool.in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with its_thread_taken(pool):
         # A caller with work to do first (the login's user query) can ask before doing it.
         with pytest.raises(PoolBusyError):
             pool.refuse_if_full()
@@ -232,38 +243,22 @@ def test_a_full_hashing_pool_refuses_at_once() -> None:
         assert rejected == ["queue_full"]
         # With room in the queue, a call waits for the timeout, then is refused.
         queued = NativePool(1, queue_size=1, queue_timeout=0.2, events=Events())
-        queued_holder = threading.Thread(target=queued.run, args=(release.wait,))
-        queued_holder.start()
-        while queued.in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with pytest.raises(PoolBusyError):
+        with its_thread_taken(queued), pytest.raises(PoolBusyError):
             queued.run(lambda: "never")
         assert rejected == ["queue_full", "timeout"]
-    finally:
-        release.set()
-        holder.join()
     pool.refuse_if_full()  # a free thread: nothing to refuse
     assert pool.run(lambda: "free again") == "free again"
 
 
 def test_a_refusal_for_a_full_queue_comes_after_the_refusal_delay() -> None:
-    release = threading.Event()
     delay = 0.3
     pool = NativePool(1, queue_size=0, queue_timeout=5, refusal_delay=delay)
-    holder = threading.Thread(target=pool.run, args=(release.wait,))
-    holder.start()
-    try:
-        deadline = time.monotonic() + 5
-        while pool.in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with its_thread_taken(pool):
         for refused_call in (pool.refuse_if_full, lambda: pool.run(lambda: "never")):
             started = time.monotonic()
             with pytest.raises(PoolBusyError):
                 refused_call()
             assert time.monotonic() - started >= delay
-    finally:
-        release.set()
-        holder.join()
     started = time.monotonic()
     pool.refuse_if_full()  # a free thread: no refusal, no delay
     assert pool.run(lambda: "free") == "free"
