@@ -365,6 +365,7 @@ def list_photos(
     page of photos is only serialised, and objects (identity map, instrumentation, every attribute read
     back) made GET /photos?limit=50 cost 16.9 million instructions against 9.0 with rows
     (ops/bench/RESULTS.md, "Photo pages from table rows").
+
     Sorted by `taken_at`, photos that do not say when they were taken (no EXIF date, or not processed yet)
     come last in either order. `taken_after` (inclusive) and `taken_before` (exclusive) keep only photos
     taken in that window. The id breaks ties, so pages never overlap.
