@@ -21,7 +21,7 @@ from sqlalchemy import delete, func, select, update
 from photo_api import create_app
 from photo_api.config import Settings
 from photo_api.models import User
-from photo_api.security import Tokens
+from photo_api.security import InvalidTokenError, Tokens
 from tests.harness.users import DEFAULT_PASSWORD, Users
 from tests.http_checks import assert_problem, engine_of, error_fields
 
@@ -325,6 +325,24 @@ def test_missing_or_foreign_authorization_is_401(client: FlaskClient, subtests: 
             r = me(client, header=header)
             assert_problem(r, 401)
             assert r.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_token_accepted_before_still_expires() -> None:
+    # Tokens remembers the tokens it has verified (a client sends the same one with every request): the
+    # remembered answer must end when the token does, and a token refused is never remembered.
+    tokens = Tokens("a-secret-0123456789-abcdefghijklmnopqrstuv", "HS256", 2, leeway=0)
+    issued_at = time.time()
+    token = tokens.issue(7).access_token
+    assert tokens.user_id(token) == 7
+    assert tokens.user_id(token) == 7  # the remembered answer
+    expires = int(issued_at) + 2
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    with pytest.raises(InvalidTokenError):
+        tokens.user_id(token)
+    with pytest.raises(InvalidTokenError):
+        tokens.user_id(token)
+    with pytest.raises(InvalidTokenError):
+        tokens.user_id(token[:-2] + ("AA" if token[-2:] != "AA" else "BB"))
 
 
 def test_token_of_a_deleted_user_is_401(app: Flask, client: FlaskClient, users: Users) -> None:
