@@ -54,7 +54,11 @@ def json_body(model: type[M]) -> M:
     mimetype = request.mimetype or ""
     if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
         raise BadRequestError("Content-Type must be application/json")
-    raw = request.get_data(cache=True)
+    # A JSON body is small (MAX_JSON_BYTES): it must arrive whole within CLIENT_BODY_TIMEOUT, or a client
+    # that stops sending would hold the request until the load balancer's idle timeout, or forever.
+    timeout = current_limits().client_body_timeout
+    with deadline(timeout, ClientTimeoutError(f"The client did not send its body within {timeout:g} seconds")):
+        raw = request.get_data(cache=True)
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit and request.stream.read(1):
         # Werkzeug stops reading a body without Content-Length (chunked) at the limit and returns the

@@ -262,9 +262,10 @@ class Settings(BaseSettings):
     cdn_timeout: float = Field(default=5, gt=0, le=120)
     log_service_timeout: float = Field(default=10, gt=0, le=300)
     health_check_timeout: float = Field(default=2, gt=0, le=60)
-    # The longest a read of an upload's request body may wait for the client's next bytes (then 408). Kept
-    # well below object storage's own idle limit (Swift's client_timeout: 60 s), which a PUT waiting on a
-    # silent client would otherwise hit and have counted against storage.
+    # The longest a read of an upload's request body may wait for the client's next bytes, and the longest a
+    # JSON body may take to arrive (then 408). Kept well below object storage's own idle limit (Swift's
+    # client_timeout: 60 s), which a PUT waiting on a silent client would otherwise hit and have counted
+    # against storage.
     client_body_timeout: float = Field(default=20, gt=0, le=55)
     # How long one worker reuses its last database probe: every LB probing every second then costs at
     # most one `SELECT 1` per worker per interval, however many LBs there are.

@@ -9,6 +9,7 @@ switch, to prove the test fails when the patch is missing.
 from __future__ import annotations
 
 import http.client
+import json
 import secrets
 import signal
 import threading
@@ -222,6 +223,21 @@ def _stalled(server: ServeProcess, method: str, target: str, headers: dict[str, 
         return response.status, seconds, conn.sock.recv(1) == b""
     finally:
         conn.close()
+
+
+def test_a_stalled_json_body_is_408_and_closes_the_connection(
+    production_env: dict[str, str], serve: StartServer
+) -> None:
+    server = serve({**production_env, "CLIENT_BODY_TIMEOUT": str(STALL_TIMEOUT_S)}, workers=1)
+    account = Users.at(server.url(), timeout=HTTP_TIMEOUT_S).register()
+    body = json.dumps({"email": account["email"], "password": account["password"]}).encode()
+    status, seconds, closed = _stalled(server, "POST", "/auth/login", {"Content-Type": "application/json"}, body, 10)
+    assert status == 408
+    assert STALL_TIMEOUT_S * 0.9 <= seconds < STALL_TIMEOUT_S + STALL_SLACK_S, seconds
+    assert closed
+    # The worker serves on: the whole body, sent at once, logs in.
+    r = requests.post(server.url("/auth/login"), data=body, headers={"Content-Type": "application/json"}, timeout=5)
+    assert r.status_code == 200, r.text
 
 
 def test_a_stalled_upload_to_local_storage_is_408_and_leaves_no_file(
