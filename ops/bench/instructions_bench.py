@@ -77,10 +77,10 @@ def instructions(out_dir: Path) -> dict[str, int]:
     counted: dict[str, int] = {}
     for path in out_dir.iterdir():
         text = path.read_text(errors="replace")
-        trigger = re.search(r"^desc: Trigger: Client Request: (.+)$|^desc: Trigger: dump (.+)$", text, re.MULTILINE)
+        trigger = re.search(r"^desc: Trigger: dump (.+)$", text, re.MULTILINE)  # callgrind_control --dump=<route>
         totals = re.search(r"^totals: (\d+)", text, re.MULTILINE)
         if trigger and totals:
-            counted[(trigger[1] or trigger[2]).strip()] = int(totals[1])
+            counted[trigger[1].strip()] = int(totals[1])
     return counted
 
 
